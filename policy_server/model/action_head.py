@@ -114,7 +114,7 @@ class ActionHead(nn.Module):
         t = torch.randint(0, self.cfg.train_timesteps, (b,), device=actions.device)
         noise = torch.randn_like(actions)
         noisy = self.train_schedule.add_noise(actions, noise, t)
-        drop = torch.rand(b, device=actions.device) < self.cfg.cond_dropout
+        drop = torch.rand(b, device=actions.device) < self.cfg.cond_dropout if self.training else None
         return F.mse_loss(self.net(noisy, t, cond, drop), noise)
 
     @torch.no_grad()

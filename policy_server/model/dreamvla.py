@@ -29,7 +29,7 @@ from policy_server.model.knowledge import (
     unpatchify,
 )
 from policy_server.model.text import TextEncoder
-from policy_server.model.vision import PerceiverResampler, VisionEncoder
+from policy_server.model.vision import PerceiverResampler, VisionEncoder, load_mae_encoder
 
 
 @dataclass
@@ -63,6 +63,8 @@ class DreamVLA(nn.Module):
         self.gripper_state_encoder = nn.Linear(2, h)
         self.state_projector = nn.Linear(2 * h, h)
         self.vision_encoder = VisionEncoder(cfg.vision)
+        if load_pretrained and cfg.vision.pretrained is not None:
+            load_mae_encoder(self.vision_encoder, cfg.vision.pretrained)
         self.perceiver_resampler = PerceiverResampler(dv, cfg.resampler)
         self.patch_projectors = nn.ModuleDict({c: nn.Linear(dv, h) for c in cfg.cameras})
         self.cls_projectors = nn.ModuleDict({c: nn.Linear(dv, h) for c in cfg.cameras})
@@ -121,7 +123,8 @@ class DreamVLA(nn.Module):
         b, k, _, h = frames.shape
         if k > self.cfg.sequence_length:
             raise ValueError(f"window of {k} frames exceeds sequence_length {self.cfg.sequence_length}")
-        queries = torch.cat([*self.dream_queries.values(), self.action_queries])  # (T_B, H)
+        dreams = [self.dream_queries[m] for m in self.cfg.dream_order]  # ParameterDict sorts its keys
+        queries = torch.cat([*dreams, self.action_queries])  # (T_B, H)
         x = torch.cat([
             text[:, None, None].expand(b, k, 1, h),
             frames,

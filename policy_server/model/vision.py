@@ -6,6 +6,8 @@ Parameter names follow the MAE release (`patch_embed.proj`, `cls_token`, `pos_em
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,3 +118,31 @@ class PerceiverResampler(nn.Module):
             latents = attn(media, latents) + latents
             latents = ff(latents) + latents
         return self.norm(latents)
+
+
+MAE_DECODER_PREFIXES = ("decoder_", "mask_token")
+
+
+def read_mae_encoder(path: str | Path) -> dict[str, torch.Tensor]:
+    """Encoder tensors of an MAE release file (`mae_pretrain_vit_base.pth`); its unused decoder is dropped."""
+    from policy_server.model.text import MissingWeightsError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"MAE ViT-B/16 weights not found at {str(path)!r}: download mae_pretrain_vit_base.pth "
+            "(facebookresearch/mae, 'ViT-Base' pretrained checkpoint) and pass its path"
+        )
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    state = blob.get("model", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no MAE state dict (expected a dict with a 'model' entry)")
+    return {k: v for k, v in state.items() if not k.startswith(MAE_DECODER_PREFIXES)}
+
+
+def load_mae_encoder(encoder: VisionEncoder, path: str | Path) -> None:
+    """Load MAE weights into `encoder`, refusing files whose encoder keys or shapes do not fit."""
+    state = read_mae_encoder(path)
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit the ViT encoder: missing {missing[:5]}, unexpected {unexpected[:5]}")

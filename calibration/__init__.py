@@ -1,0 +1,1 @@
+"""Camera intrinsics and hand-eye calibration. Never imports torch."""

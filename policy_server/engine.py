@@ -1,0 +1,117 @@
+"""Serving-side inference: per-episode history cache, newest-frame-only encoding, precision policy.
+
+The engine knows nothing of sockets or sessions' lifetimes; the server owns those and keeps one
+`EpisodeHistory` per robot session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from policy_server.checkpoint import CheckpointMeta, load_checkpoint
+from policy_server.model.dreamvla import DreamVLA
+from policy_server.model.text import Tokenizer
+from policy_server.model.vision import preprocess_images
+
+Precision = Literal["bf16", "fp32"]
+
+
+@dataclass
+class Observation:
+    """One capture: RGB uint8 (H, W, 3) per camera and the state [x, y, z, roll, pitch, yaw, gripper_open]."""
+
+    images: Mapping[str, np.ndarray]
+    state: np.ndarray
+
+
+@dataclass
+class EpisodeHistory:
+    """One episode's instruction token and the A tokens of its most recent frames (at most S)."""
+
+    instruction: str
+    text: torch.Tensor  # (1, H)
+    frames: deque[torch.Tensor] = field(default_factory=deque)  # each (A-1, H)
+
+
+def default_precision(device: torch.device) -> Precision:
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+class PolicyEngine:
+    """DreamVLA without knowledge decoders, ready for per-step serving."""
+
+    def __init__(self, model: DreamVLA, meta: CheckpointMeta | None, tokenizer: Tokenizer, *,
+                 device: str | torch.device = "cpu", precision: Precision | None = None) -> None:
+        if model.decoders is not None:
+            raise ValueError("the serving engine takes a model built without knowledge decoders")
+        self.device = torch.device(device)
+        self.precision = precision or default_precision(self.device)
+        self.model = model.to(self.device).eval()
+        self.meta, self.tokenizer, self.cfg = meta, tokenizer, model.cfg
+
+    @classmethod
+    def from_checkpoint(cls, directory: Path, *, device: str = "cpu",
+                        precision: Precision | None = None) -> PolicyEngine:
+        model, meta, tokenizer = load_checkpoint(directory, with_decoders=False)
+        return cls(model, meta, tokenizer, device=device, precision=precision)
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        with torch.inference_mode():
+            if self.precision == "bf16":
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    yield
+            else:
+                yield
+
+    def _frame_inputs(self, observations: list[Observation]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Stack N observations into model inputs: state (N, 7), images {camera: (N, 3, R, R)}."""
+        size = self.cfg.vision.image_size
+        images = {}
+        for cam in self.cfg.cameras:
+            if any(cam not in o.images for o in observations):
+                raise KeyError(f"observation lacks camera {cam!r} (model cameras: {list(self.cfg.cameras)})")
+            raw = torch.from_numpy(np.stack([o.images[cam] for o in observations])).to(self.device)
+            images[cam] = preprocess_images(raw, size)
+        states = np.stack([np.asarray(o.state, dtype=np.float32).reshape(7) for o in observations])
+        return torch.from_numpy(states).to(self.device), images
+
+    def start_episode(self, instruction: str) -> EpisodeHistory:
+        """Encode the instruction once; it is the same at every timestep of the episode."""
+        ids = self.tokenizer([instruction]).to(self.device)
+        with self._autocast():
+            text = self.model.encode_text(ids)
+        return EpisodeHistory(instruction, text, deque(maxlen=self.cfg.sequence_length))
+
+    def encode(self, observations: list[Observation]) -> torch.Tensor:
+        """(N, A-1, H) tokens of N frames in one encoder pass."""
+        state, images = self._frame_inputs(observations)
+        with self._autocast():
+            return self.model.encode_frame(state, images)
+
+    def step(self, history: EpisodeHistory, obs: Observation, *, noise: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> np.ndarray:
+        """Append the newest frame to the history and return its (3, 7) chunk in model units."""
+        history.frames.append(self.encode([obs])[0])  # the only encoder work of a cached step
+        return self._predict(history.text, torch.stack(list(history.frames)), noise, generator)
+
+    def step_recompute(self, instruction: str, window: list[Observation], *, noise: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> np.ndarray:
+        """The released code's way: re-encode text and every frame of the window at each step."""
+        history = self.start_episode(instruction)
+        frames = self.encode(window[-self.cfg.sequence_length :])
+        return self._predict(history.text, frames, noise, generator)
+
+    def _predict(self, text: torch.Tensor, frames: torch.Tensor, noise: torch.Tensor | None,
+                 generator: torch.Generator | None) -> np.ndarray:
+        with self._autocast():
+            actions = self.model.predict(text, frames[None], noise=noise, generator=generator)  # frames (k, A-1, H)
+        return actions[0].float().cpu().numpy()

@@ -1,0 +1,1 @@
+"""Robot PC side: drivers, sim workcell, safety envelope, control loop. Never imports torch."""

@@ -1,0 +1,1 @@
+"""Teleoperation devices and the demo recorder. Never imports torch."""

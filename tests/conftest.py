@@ -1,0 +1,42 @@
+"""Shared fixtures: a small seeded DreamVLA and synthetic training windows for it."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def tiny_cfg():
+    from policy_server.model.config import preset
+
+    return preset("tiny")
+
+
+def make_batch(cfg, batch: int = 2, seed: int = 0):
+    """A deterministic window batch with every teacher target present (shapes as TrainBatch documents)."""
+    from policy_server.model.dreamvla import TrainBatch
+    from policy_server.model.text import build_tokenizer
+
+    g = torch.Generator().manual_seed(seed)
+    s, r = cfg.sequence_length, cfg.vision.image_size
+    grid = cfg.vision.grid
+    d = cfg.decoder
+    per_cam = lambda *shape: {c: torch.randn(batch, s, *shape, generator=g) for c in cfg.cameras}  # noqa: E731
+    return TrainBatch(
+        text_ids=build_tokenizer(cfg.text, None)(["open the drawer"] * batch),
+        images=per_cam(3, r, r),
+        state=torch.cat([torch.randn(batch, s, 6, generator=g), torch.ones(batch, s, 1)], dim=-1),
+        actions=torch.rand(batch, s, cfg.action.chunk, cfg.action.dim, generator=g) * 2 - 1,
+        future_images=per_cam(3, r, r),
+        tracks={c: torch.randn(batch, s, 4 * grid * grid, 2, generator=g) * 2 for c in cfg.cameras},
+        future_depth={c: torch.rand(batch, s, 1, r, r, generator=g) + 0.3 for c in cfg.cameras},
+        future_sam=per_cam(d.sam_grid**2, d.sam_dim),
+        future_dino=per_cam(d.dino_grid**2, d.dino_dim),
+    )
+
+
+@pytest.fixture
+def batch_factory():
+    return make_batch
