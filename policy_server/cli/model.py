@@ -82,7 +82,8 @@ def _cmd_try(args: argparse.Namespace) -> int:
     history = engine.start_episode(args.instruction)
     scale = np.asarray(engine.meta.normalization.action_scale, dtype=np.float32)
     state = np.array([0.45, 0.0, 0.40, np.pi, 0.0, 0.0, 1.0], dtype=np.float32)  # a home pose, gripper open
-    table = Table(title=f"{engine.cfg.name}: '{args.instruction}' ({engine.precision} on {engine.device})")
+    table = Table(title=f"{engine.cfg.name} ({engine.meta.source}): '{args.instruction}' "
+                        f"({engine.precision} on {engine.device}); robot units, before the safety envelope")
     for col in ("step", "k", "dx dy dz [mm]", "droll dpitch dyaw [mrad]", "gripper"):
         table.add_column(col, justify="right")
     for step in range(args.steps):
