@@ -7,6 +7,7 @@ The engine knows nothing of sockets or sessions' lifetimes; the server owns thos
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -109,6 +110,38 @@ class PolicyEngine:
         history = self.start_episode(instruction)
         frames = self.encode(window[-self.cfg.sequence_length :])
         return self._predict(history.text, frames, noise, generator)
+
+    def step_batch(self, histories: list[EpisodeHistory], observations: list[Observation],
+                   noises: list[torch.Tensor]) -> tuple[list[np.ndarray], dict[str, float]]:
+        """One step for several episodes at once (micro-batching across robots sharing a GPU).
+
+        Encoding and diffusion batch over all; the backbone batches episodes whose windows have the
+        same length (all of them once past the first S steps). Each episode draws its own noise
+        (1, 3, 7), so a reply does not depend on who else was in the batch. Returns the chunks in
+        model units and the seconds spent per stage.
+        """
+        timing: dict[str, float] = {}
+        start = time.perf_counter()
+        for history, frame in zip(histories, self.encode(observations), strict=True):
+            history.frames.append(frame)
+        timing["encode"] = time.perf_counter() - start
+        start = time.perf_counter()
+        cond = [torch.empty(0)] * len(histories)
+        groups: dict[int, list[int]] = {}
+        for i, h in enumerate(histories):
+            groups.setdefault(len(h.frames), []).append(i)
+        with self._autocast():
+            for members in groups.values():
+                text = torch.cat([histories[i].text for i in members])  # (n, H)
+                frames = torch.stack([torch.stack(list(histories[i].frames)) for i in members])  # (n, k, A-1, H)
+                out = self.model.query_outputs(self.model.run_backbone(text, frames))["action"][:, -1]
+                for i, c in zip(members, out, strict=True):
+                    cond[i] = c
+            timing["backbone"] = time.perf_counter() - start
+            start = time.perf_counter()
+            actions = self.model.action_head.sample(torch.stack(cond).float(), noise=torch.cat(noises))
+        timing["diffusion"] = time.perf_counter() - start
+        return list(actions.float().cpu().numpy()), timing
 
     def _predict(self, text: torch.Tensor, frames: torch.Tensor, noise: torch.Tensor | None,
                  generator: torch.Generator | None) -> np.ndarray:

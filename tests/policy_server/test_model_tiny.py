@@ -131,3 +131,24 @@ def test_bf16_autocast_agrees_with_fp32(tiny_cfg):
     assert np.isfinite(bf16).all()
     diff, scale = np.abs(bf16 - fp32).max(), np.abs(fp32).max()
     assert 0 < diff <= 0.01 * scale, (diff, scale)  # > 0: bf16 really ran
+
+
+def test_batched_step_equals_each_episode_alone(tiny_cfg):
+    """Micro-batching different episodes (different window lengths) changes no episode's chunk."""
+    model = _model(tiny_cfg, decoders=False)
+    _randomize_output_layer(model)
+    engine = PolicyEngine(model, None, build_tokenizer(tiny_cfg.text, None))
+    instructions = ["pick up the bottle", "open the drawer", "place the chili"]
+    observations = [_observations(tiny_cfg, 6, seed=s) for s in range(3)]
+    batched = [engine.start_episode(i) for i in instructions]
+    alone = [engine.start_episode(i) for i in instructions]
+    for step in range(6):
+        # episode 2 starts later, so its window is shorter than the others' in the same batch
+        members = [0, 1] + ([2] if step >= 2 else [])
+        noises = [torch.randn(1, 3, 7, generator=torch.Generator().manual_seed(10 * e + step)) for e in members]
+        chunks, timing = engine.step_batch([batched[e] for e in members],
+                                           [observations[e][step] for e in members], noises)
+        assert set(timing) == {"encode", "backbone", "diffusion"}
+        for e, chunk, noise in zip(members, chunks, noises, strict=True):
+            reference = engine.step(alone[e], observations[e][step], noise=noise)
+            np.testing.assert_allclose(chunk, reference, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,330 @@
+"""Wire protocol v1 between the robot PC and `dv-serve`: message schemas and the frame codec.
+
+Torch-free on purpose: the robot PC imports this module. `docs/protocol.md` is the normative text;
+this module is its reference implementation.
+
+A message is one ZeroMQ multipart message (the ROUTER's identity envelope aside):
+    frame 0      msgpack map: {"v": 1, "type": ..., ...fields}; arrays appear in it as descriptors
+                 {"$nd": i, "dtype": "uint8", "shape": [...]} pointing at frame i + 1
+    frame 1..n   the raw C-order bytes of array i (zero-copy on both ends)
+    last frame   only when a shared key is configured: HMAC-SHA256 over every preceding frame
+Nothing on this path ever unpickles: only msgpack primitives and allow-listed numeric dtypes decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import msgpack
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROTOCOL_VERSION = 1
+MAC_SIZE = 32
+
+# Allow-listed array dtypes (wire name -> little-endian numpy dtype). Anything else is refused.
+DTYPES: dict[str, np.dtype] = {
+    "uint8": np.dtype("|u1"),
+    "uint16": np.dtype("<u2"),
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+}
+
+
+class Limits(BaseModel):
+    """Size limits enforced before and while decoding (a peer over ZMQ_MAXMSGSIZE is disconnected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_message_bytes: int = 16 << 20
+    max_header_bytes: int = 64 << 10
+    max_arrays: int = 8
+    max_array_bytes: int = 8 << 20
+    max_array_ndim: int = 4
+    max_str_len: int = 4096
+    max_container_len: int = 64
+    max_depth: int = 6
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted; `code` is the `error` reply's machine-readable code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+# Error codes a server sends (docs/protocol.md lists when each is used).
+ERROR_CODES = (
+    "bad_message", "bad_version", "unknown_type", "invalid_field", "bad_array", "too_large", "non_finite",
+    "auth_failed", "contract_mismatch", "not_hello", "unknown_session", "shutting_down", "overloaded", "internal",
+)
+
+# ------------------------------------------------------------------------------------- schemas
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    v: Literal[1] = PROTOCOL_VERSION
+
+
+class CameraContract(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    height: Annotated[int, Field(gt=0, le=4096)]
+    width: Annotated[int, Field(gt=0, le=4096)]
+    channels: Literal[3] = 3
+    dtype: Literal["uint8"] = "uint8"
+    color_order: Literal["rgb", "bgr"] = "rgb"
+
+
+class RobotContract(BaseModel):
+    """What the robot will send and how it will execute what it gets back."""
+
+    model_config = ConfigDict(extra="forbid")
+    cameras: list[CameraContract]
+    state_layout: list[str]
+    state_units: Literal["m_rad"] = "m_rad"
+    control_rate_hz: Annotated[float, Field(gt=0, le=1000)]
+    chunk_length: int
+    gripper: str = "1_open_0_closed"
+    action_convention: str = "delta_previous_target_euler_xyz"
+
+
+class ModelContract(BaseModel):
+    """What the loaded model expects and returns."""
+
+    model_config = ConfigDict(extra="forbid")
+    cameras: list[str]
+    image_size: int
+    state_layout: list[str]
+    chunk_length: int
+    action_dim: int
+    action_units: Literal["m_rad"] = "m_rad"
+    gripper: str
+    action_convention: str
+    sequence_length: int
+
+
+class Hello(Message):
+    type: Literal["hello"] = "hello"
+    client_id: Annotated[str, Field(min_length=1, max_length=128)]
+    contract: RobotContract
+
+
+class HelloAck(Message):
+    type: Literal["hello_ack"] = "hello_ack"
+    model_id: str
+    checkpoint_hash: str
+    normalization_hash: str
+    contract: ModelContract
+
+
+class Reset(Message):
+    type: Literal["reset"] = "reset"
+    session: Annotated[str, Field(min_length=1, max_length=128)]
+    episode_id: Annotated[str, Field(max_length=128)]
+    instruction: Annotated[str, Field(max_length=1024)]
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None  # diffusion noise seed, for reproducible runs
+
+
+class ResetAck(Message):
+    type: Literal["reset_ack"] = "reset_ack"
+    session: str
+    episode_id: str
+
+
+class Observation(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    images: dict[str, np.ndarray]
+    state: np.ndarray
+
+
+class Infer(Message):
+    type: Literal["infer"] = "infer"
+    session: Annotated[str, Field(min_length=1, max_length=128)]
+    seq: Annotated[int, Field(ge=0, lt=2**63)]
+    capture_ts_ns: dict[str, int]  # per stream ("state" and each camera), robot monotonic clock
+    observation: Observation
+
+
+class Chunk(Message):
+    type: Literal["chunk"] = "chunk"
+    session: str
+    seq: int
+    capture_ts_ns: dict[str, int]
+    actions: np.ndarray  # (chunk_length, 7) float32, robot units
+    timing_ms: dict[str, float]
+
+
+class Ping(Message):
+    type: Literal["ping"] = "ping"
+    client_ts_ns: int
+
+
+class Pong(Message):
+    type: Literal["pong"] = "pong"
+    client_ts_ns: int
+    server_ts_ns: int  # server monotonic clock, for the client's offset estimate
+    health: Literal["ok", "shutting_down"]
+    load: dict[str, float]
+
+
+class StatsRequest(Message):
+    type: Literal["stats"] = "stats"
+
+
+class Stats(Message):
+    type: Literal["stats_reply"] = "stats_reply"
+    stages_ms: dict[str, dict[str, float]]  # stage -> {"p50", "p95", "p99", "count"}
+    counters: dict[str, int]
+
+
+class Error(Message):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    seq: int | None = None
+    session: str | None = None
+
+
+MESSAGES: dict[str, type[Message]] = {
+    m.model_fields["type"].default: m
+    for m in (Hello, HelloAck, Reset, ResetAck, Infer, Chunk, Ping, Pong, StatsRequest, Stats, Error)
+}
+
+# --------------------------------------------------------------------------------------- codec
+
+
+def _encode_arrays(value: Any, frames: list[Any]) -> Any:
+    """Replace numpy arrays by descriptors, appending their buffers to `frames`."""
+    if isinstance(value, np.ndarray):
+        name = value.dtype.name  # byte order aside: '>f4' is float32 too and is converted below
+        if name not in DTYPES:
+            raise ProtocolError("bad_array", f"dtype {value.dtype} is not one of {sorted(DTYPES)}")
+        arr = np.ascontiguousarray(value, dtype=DTYPES[name])
+        frames.append(memoryview(arr).cast("B") if arr.size else b"")
+        return {"$nd": len(frames) - 1, "dtype": name, "shape": list(arr.shape)}
+    if isinstance(value, dict):
+        return {k: _encode_arrays(v, frames) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode_arrays(v, frames) for v in value]
+    return value
+
+
+def encode(message: Message, key: bytes | None = None) -> list[Any]:
+    """Message -> frames ready for `socket.send_multipart(frames, copy=False)`."""
+    buffers: list[Any] = []
+    header = _encode_arrays(message.model_dump(), buffers)
+    frames = [msgpack.packb(header, use_bin_type=True), *buffers]
+    if key is not None:
+        frames.append(sign(frames, key))
+    return frames
+
+
+def sign(frames: Sequence[Any], key: bytes) -> bytes:
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for f in frames:
+        mac.update(len(memoryview(f)).to_bytes(8, "little"))
+        mac.update(f)
+    return mac.digest()
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError("bad_message", f"msgpack extension type {code} is not allowed")
+
+
+def _depth(value: Any, limit: int, level: int = 0) -> None:
+    if level > limit:
+        raise ProtocolError("bad_message", f"nesting deeper than {limit}")
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        _depth(child, limit, level + 1)
+
+
+def _decode_array(desc: dict[str, Any], frames: Sequence[bytes], limits: Limits) -> np.ndarray:
+    if set(desc) != {"$nd", "dtype", "shape"}:
+        raise ProtocolError("bad_array", f"array descriptor needs exactly $nd, dtype, shape; got {sorted(desc)}")
+    index, dtype, shape = desc["$nd"], desc["dtype"], desc["shape"]
+    if type(index) is not int or not 0 <= index < len(frames):
+        raise ProtocolError("bad_array", f"array frame index {index!r} out of range (message has {len(frames)})")
+    if dtype not in DTYPES:
+        raise ProtocolError("bad_array", f"dtype {dtype!r} is not allowed (allowed: {sorted(DTYPES)})")
+    if (not isinstance(shape, list) or len(shape) > limits.max_array_ndim
+            or any(type(d) is not int or d < 0 for d in shape)):
+        raise ProtocolError("bad_array", f"shape {shape!r} must be a list of at most "
+                                         f"{limits.max_array_ndim} non-negative ints")
+    nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+    if nbytes > limits.max_array_bytes:
+        raise ProtocolError("too_large", f"array of {nbytes} bytes exceeds {limits.max_array_bytes}")
+    buf = frames[index]
+    if len(buf) != nbytes:
+        raise ProtocolError("bad_array", f"array frame holds {len(buf)} bytes; dtype {dtype} shape {shape} "
+                                         f"needs {nbytes}")
+    return np.frombuffer(buf, dtype=DTYPES[dtype]).reshape(shape)
+
+
+def _decode_arrays(value: Any, frames: Sequence[bytes], limits: Limits) -> Any:
+    if isinstance(value, dict):
+        if "$nd" in value:
+            return _decode_array(value, frames, limits)
+        return {k: _decode_arrays(v, frames, limits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_arrays(v, frames, limits) for v in value]
+    return value
+
+
+def decode(frames: Sequence[bytes], *, key: bytes | None = None, limits: Limits = DEFAULT_LIMITS,
+           expect: type[Message] | None = None) -> Message:
+    """Frames (bytes or buffers, e.g. `zmq.Frame.buffer`) -> validated message, or ProtocolError with the
+    code to reply with. Arrays are read-only views on the frames: no copy is made."""
+    if not frames:
+        raise ProtocolError("bad_message", "empty message")
+    total = sum(len(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise ProtocolError("too_large", f"message of {total} bytes exceeds {limits.max_message_bytes}")
+    if key is not None:
+        if len(frames) < 2 or len(frames[-1]) != MAC_SIZE:
+            raise ProtocolError("auth_failed", "message carries no HMAC frame")
+        if not hmac.compare_digest(sign(frames[:-1], key), bytes(frames[-1])):
+            raise ProtocolError("auth_failed", "HMAC does not match")
+        frames = frames[:-1]
+    head = frames[0]
+    if len(head) > limits.max_header_bytes:
+        raise ProtocolError("too_large", f"header of {len(head)} bytes exceeds {limits.max_header_bytes}")
+    if len(frames) - 1 > limits.max_arrays:
+        raise ProtocolError("too_large", f"{len(frames) - 1} array frames exceed {limits.max_arrays}")
+    try:
+        raw = msgpack.unpackb(
+            head, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext, timestamp=0,
+            max_str_len=limits.max_str_len, max_bin_len=limits.max_str_len,
+            max_array_len=limits.max_container_len, max_map_len=limits.max_container_len, max_ext_len=0,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises FormatError, ExtraData, StackError, ValueError, ...
+        raise ProtocolError("bad_message", f"not a valid msgpack header: {type(exc).__name__}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError("bad_message", f"header must be a msgpack map, got {type(raw).__name__}")
+    _depth(raw, limits.max_depth)
+    if raw.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("bad_version", f"protocol version {raw.get('v')!r} is not {PROTOCOL_VERSION}")
+    kind = raw.get("type")
+    schema = MESSAGES.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+    if expect is not None and schema is not expect and schema is not Error:
+        raise ProtocolError("unknown_type", f"expected {expect.model_fields['type'].default!r}, got {kind!r}")
+    payload = _decode_arrays(raw, frames[1:], limits)
+    try:
+        return schema.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ProtocolError("invalid_field", f"{kind}: {where}: {first['msg']}") from None
