@@ -69,7 +69,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     target = preset(args.config) if args.config else None
     report = import_official(Path(args.ckpt), Path(args.mae), Path(args.out),
                              clip=Path(args.clip) if args.clip else None, target=target)
-    console.print(report)
+    console.print(report.summary())
     return 0
 
 

@@ -108,8 +108,8 @@ class DreamVLA(nn.Module):
             cls, patches = self.vision_encoder(pixels)  # (2N, Dv), (2N, P, Dv)
         latents = self.perceiver_resampler(patches).chunk(2)  # 2 x (N, Q, Dv)
         clss = cls.chunk(2)
-        image_tokens = [self.patch_projectors[c](lat) for c, lat in zip(cams, latents)]  # 2 x (N, Q, H)
-        cls_tokens = [self.cls_projectors[c](x)[:, None] for c, x in zip(cams, clss)]  # 2 x (N, 1, H)
+        image_tokens = [self.patch_projectors[c](lat) for c, lat in zip(cams, latents, strict=True)]  # 2 x (N, Q, H)
+        cls_tokens = [self.cls_projectors[c](x)[:, None] for c, x in zip(cams, clss, strict=True)]  # 2 x (N, 1, H)
         return torch.cat([self.encode_state(state)[:, None], *image_tokens, *cls_tokens], dim=1)
 
     # ------------------------------------------------------------------------------- backbone

@@ -37,8 +37,8 @@ class KnowledgeDecoder(nn.Module):
         self.queries = queries
         self.obs_pred_projector = nn.Linear(hidden, hidden)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden))
-        self.blocks = nn.ModuleList(Block(hidden, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(hidden)
+        self.blocks = nn.ModuleList(Block(hidden, cfg.heads, cfg.mlp_ratio, eps=1e-5) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(hidden)  # eps 1e-5 here and in the blocks: timm Block with nn.LayerNorm
         self.pred = nn.Linear(hidden, out_dim)
         pos = torch.zeros(queries + targets, hidden)
         if sincos:

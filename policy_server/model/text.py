@@ -40,19 +40,55 @@ class ByteTokenizer:
         return out
 
 
+CLIP_REPO = "openai/clip-vit-base-patch32"
+_CLIP_HINT = f"download {CLIP_REPO!r} (e.g. `huggingface-cli download {CLIP_REPO}`) and pass its directory"
+
+
+def resolve_clip_dir(source: str | Path) -> Path:
+    """A local CLIP directory (a path, or a repo id in the local HF cache) with weights and tokenizer files.
+
+    Checked up front because transformers 5 quietly builds a 2-token CLIPTokenizer from a directory
+    without vocabulary files instead of failing.
+    """
+    from huggingface_hub import snapshot_download
+
+    directory = Path(source)
+    if not directory.is_dir():
+        try:
+            directory = Path(snapshot_download(str(source), local_files_only=True))
+        except (OSError, ValueError) as exc:  # not cached / not a repo id
+            raise MissingWeightsError(f"CLIP weights not found at {str(source)!r} (path or HF cache): "
+                                      f"{_CLIP_HINT}") from exc
+    files = {f.name for f in directory.iterdir()}
+    if not ({"tokenizer.json"} <= files or {"vocab.json", "merges.txt"} <= files):
+        raise MissingWeightsError(f"{directory} has no CLIP tokenizer files (vocab.json + merges.txt or "
+                                  f"tokenizer.json): {_CLIP_HINT}")
+    return directory
+
+
+def load_clip_text_model(directory: Path) -> CLIPTextModelWithProjection:
+    """The CLIP text tower with its projection, from a text-only or full CLIPModel directory.
+
+    Missing weights are an error: transformers would only warn and random-initialise them.
+    """
+    try:
+        model, info = CLIPTextModelWithProjection.from_pretrained(str(directory), local_files_only=True,
+                                                                  output_loading_info=True)
+    except OSError as exc:
+        raise MissingWeightsError(f"no CLIP weights in {directory}: {_CLIP_HINT}") from exc
+    if info["missing_keys"] or info["mismatched_keys"]:
+        raise MissingWeightsError(f"{directory} lacks CLIP text weights: missing {sorted(info['missing_keys'])}, "
+                                  f"mismatched {sorted(info['mismatched_keys'])}")
+    return model
+
+
 class ClipTokenizer:
     """CLIP BPE, padded/truncated to the context length (77), from local files only."""
 
     def __init__(self, source: str | Path, context_length: int) -> None:
         from transformers import CLIPTokenizer
 
-        try:
-            self._tok = CLIPTokenizer.from_pretrained(str(source), local_files_only=True)
-        except OSError as exc:
-            raise MissingWeightsError(
-                f"CLIP tokenizer files not found at {source!r}: download 'openai/clip-vit-base-patch32' "
-                "(e.g. `huggingface-cli download openai/clip-vit-base-patch32`) or pass its local directory"
-            ) from exc
+        self._tok = CLIPTokenizer.from_pretrained(str(resolve_clip_dir(source)), local_files_only=True)
         self.context_length = context_length
 
     def save(self, directory: Path) -> None:
@@ -82,13 +118,11 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: TextConfig, *, load_pretrained: bool) -> None:
         super().__init__()
         if load_pretrained and cfg.pretrained is not None:
-            try:
-                self.clip = CLIPTextModelWithProjection.from_pretrained(cfg.pretrained, local_files_only=True)
-            except OSError as exc:
-                raise MissingWeightsError(
-                    f"CLIP text weights not found at {cfg.pretrained!r} (local path or Hugging Face cache): "
-                    "download 'openai/clip-vit-base-patch32' and point text.pretrained (or --clip) at it"
-                ) from exc
+            self.clip = load_clip_text_model(resolve_clip_dir(cfg.pretrained))
+            got = (self.clip.config.hidden_size, self.clip.config.projection_dim, self.clip.config.num_hidden_layers)
+            if got != (cfg.width, cfg.projection_dim, cfg.layers):
+                raise ValueError(f"CLIP at {cfg.pretrained!r} is (width, projection, layers) {got}, "
+                                 f"the config says {(cfg.width, cfg.projection_dim, cfg.layers)}")
         else:
             self.clip = CLIPTextModelWithProjection(_clip_config(cfg))
 

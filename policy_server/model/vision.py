@@ -6,6 +6,7 @@ Parameter names follow the MAE release (`patch_embed.proj`, `cls_token`, `pos_em
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -133,7 +134,10 @@ def read_mae_encoder(path: str | Path) -> dict[str, torch.Tensor]:
             f"MAE ViT-B/16 weights not found at {str(path)!r}: download mae_pretrain_vit_base.pth "
             "(facebookresearch/mae, 'ViT-Base' pretrained checkpoint) and pass its path"
         )
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path} cannot be read as a weights-only torch file: {exc}") from exc
     state = blob.get("model", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no MAE state dict (expected a dict with a 'model' entry)")
