@@ -70,12 +70,13 @@ ERROR_CODES = (
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    # strict: no coercion ("5" is not a seq, True is not a version); unknown fields are errors
+    model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
     v: Literal[1] = PROTOCOL_VERSION
 
 
 class CameraContract(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str
     height: Annotated[int, Field(gt=0, le=4096)]
     width: Annotated[int, Field(gt=0, le=4096)]
@@ -87,7 +88,7 @@ class CameraContract(BaseModel):
 class RobotContract(BaseModel):
     """What the robot will send and how it will execute what it gets back."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     cameras: list[CameraContract]
     state_layout: list[str]
     state_units: Literal["m_rad"] = "m_rad"
@@ -100,7 +101,7 @@ class RobotContract(BaseModel):
 class ModelContract(BaseModel):
     """What the loaded model expects and returns."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     cameras: list[str]
     image_size: int
     state_layout: list[str]
@@ -141,7 +142,7 @@ class ResetAck(Message):
 
 
 class Observation(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
     images: dict[str, np.ndarray]
     state: np.ndarray
 
@@ -208,7 +209,7 @@ def _encode_arrays(value: Any, frames: list[Any]) -> Any:
         name = value.dtype.name  # byte order aside: '>f4' is float32 too and is converted below
         if name not in DTYPES:
             raise ProtocolError("bad_array", f"dtype {value.dtype} is not one of {sorted(DTYPES)}")
-        arr = np.ascontiguousarray(value, dtype=DTYPES[name])
+        arr = value.astype(DTYPES[name], order="C", copy=False)  # keeps 0-d shapes, unlike ascontiguousarray
         frames.append(memoryview(arr).cast("B") if arr.size else b"")
         return {"$nd": len(frames) - 1, "dtype": name, "shape": list(arr.shape)}
     if isinstance(value, dict):
@@ -231,7 +232,7 @@ def encode(message: Message, key: bytes | None = None) -> list[Any]:
 def sign(frames: Sequence[Any], key: bytes) -> bytes:
     mac = hmac.new(key, digestmod=hashlib.sha256)
     for f in frames:
-        mac.update(len(memoryview(f)).to_bytes(8, "little"))
+        mac.update(memoryview(f).nbytes.to_bytes(8, "little"))
         mac.update(f)
     return mac.digest()
 
@@ -254,12 +255,14 @@ def _decode_array(desc: dict[str, Any], frames: Sequence[bytes], limits: Limits)
     index, dtype, shape = desc["$nd"], desc["dtype"], desc["shape"]
     if type(index) is not int or not 0 <= index < len(frames):
         raise ProtocolError("bad_array", f"array frame index {index!r} out of range (message has {len(frames)})")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError("bad_array", f"dtype {dtype!r} is not allowed (allowed: {sorted(DTYPES)})")
     if (not isinstance(shape, list) or len(shape) > limits.max_array_ndim
             or any(type(d) is not int or d < 0 for d in shape)):
         raise ProtocolError("bad_array", f"shape {shape!r} must be a list of at most "
                                          f"{limits.max_array_ndim} non-negative ints")
+    if any(d > limits.max_array_bytes for d in shape):  # bounds each dim too: 0 x 2**63 has 0 bytes
+        raise ProtocolError("too_large", f"shape {shape!r} has a dimension over {limits.max_array_bytes}")
     nbytes = math.prod(shape) * DTYPES[dtype].itemsize
     if nbytes > limits.max_array_bytes:
         raise ProtocolError("too_large", f"array of {nbytes} bytes exceeds {limits.max_array_bytes}")
@@ -313,7 +316,7 @@ def decode(frames: Sequence[bytes], *, key: bytes | None = None, limits: Limits 
     if not isinstance(raw, dict):
         raise ProtocolError("bad_message", f"header must be a msgpack map, got {type(raw).__name__}")
     _depth(raw, limits.max_depth)
-    if raw.get("v") != PROTOCOL_VERSION:
+    if type(raw.get("v")) is not int or raw["v"] != PROTOCOL_VERSION:  # True == 1 and 1.0 == 1 in Python
         raise ProtocolError("bad_version", f"protocol version {raw.get('v')!r} is not {PROTOCOL_VERSION}")
     kind = raw.get("type")
     schema = MESSAGES.get(kind) if isinstance(kind, str) else None

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
-
 
 @pytest.fixture
 def tiny_cfg():
@@ -16,6 +14,8 @@ def tiny_cfg():
 
 def make_batch(cfg, batch: int = 2, seed: int = 0):
     """A deterministic window batch with every teacher target present (shapes as TrainBatch documents)."""
+    import torch
+
     from policy_server.model.dreamvla import TrainBatch
     from policy_server.model.text import build_tokenizer
 
