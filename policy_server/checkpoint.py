@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from policy_server.model.config import ModelConfig
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import ClipTokenizer, Tokenizer, build_tokenizer
+from policy_server.protocol import STATE_LAYOUT
 
 FORMAT = "dreamvla-robot/checkpoint"
 FORMAT_VERSION = 1
@@ -66,9 +67,6 @@ class CheckpointMeta(BaseModel):
     source: str
 
 
-STATE_LAYOUT = ["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"]
-
-
 def default_normalization(cfg: ModelConfig) -> Normalization:
     a = cfg.action
     return Normalization(action_scale=[a.translation_scale_m] * 3 + [a.rotation_scale_rad] * 3 + [1.0])
@@ -99,7 +97,7 @@ def save_checkpoint(model: DreamVLA, out: Path, *, source: str, tokenizer: Token
     meta = CheckpointMeta(
         format=FORMAT, format_version=FORMAT_VERSION, model=cfg,
         cameras=[CameraSpec(name=c, height=cfg.vision.image_size, width=cfg.vision.image_size) for c in cfg.cameras],
-        state_layout=STATE_LAYOUT, normalization=norm, normalization_hash=norm.digest(),
+        state_layout=list(STATE_LAYOUT), normalization=norm, normalization_hash=norm.digest(),
         content_hash=file_sha256(tmp / WEIGHTS_FILE), source=source,
     )
     (tmp / CONFIG_FILE).write_text(json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PROTOCOL_VERSION = 1
 MAC_SIZE = 32
+# The state vector's layout (CONVENTIONS.md): ee pose in the base frame, Euler xyz, gripper 1=open/0=closed.
+STATE_LAYOUT = ("x", "y", "z", "roll", "pitch", "yaw", "gripper_open")
 
 # Allow-listed array dtypes (wire name -> little-endian numpy dtype). Anything else is refused.
 DTYPES: dict[str, np.dtype] = {

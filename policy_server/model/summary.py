@@ -9,6 +9,7 @@ from torch import nn
 
 from policy_server.model.config import ModelConfig
 from policy_server.model.dreamvla import DreamVLA
+from policy_server.protocol import STATE_LAYOUT
 
 # Built and run only in training; the serving engine never constructs them.
 TRAINING_ONLY = ("decoders.",)
@@ -66,7 +67,7 @@ def describe(cfg: ModelConfig) -> dict[str, Any]:
             "instruction": "text",
             "cameras": {c: {"shape": [r, r, 3], "dtype": "uint8", "color_order": "rgb",
                             "note": "any resolution; resized and centre-cropped on the server"} for c in cfg.cameras},
-            "state": ["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"],
+            "state": list(STATE_LAYOUT),
         },
         "outputs": {"actions": [cfg.action.chunk, cfg.action.dim], "convention": cfg.action.model_dump()},
         "dream": list(cfg.dream_order),

@@ -1,0 +1,77 @@
+"""The torch side of `dv-serve`: DreamVLA's `PolicyEngine` behind the server's `Backend` interface.
+
+It owns what is model-specific in serving: each session's history cache and noise generator, the
+contract announced at `hello` (read from the checkpoint), and the model-to-robot unit conversion.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from policy_server import engine as eng
+from policy_server.protocol import ModelContract, Observation
+
+
+@dataclass
+class EngineSession:
+    """One episode: its history cache and the generator its diffusion noise comes from, so that a
+    seeded episode's chunks depend only on its own inputs, never on who shared its batches."""
+
+    history: eng.EpisodeHistory
+    generator: torch.Generator
+
+
+class EngineBackend:
+    """`Backend` over a `PolicyEngine` loaded from a checkpoint (whose meta carries the contract)."""
+
+    def __init__(self, engine: eng.PolicyEngine) -> None:
+        if engine.meta is None:
+            raise ValueError("EngineBackend needs an engine loaded from a checkpoint: its config.json carries "
+                             "the cameras, state layout and action normalisation")
+        self.engine, meta, cfg = engine, engine.meta, engine.cfg
+        self._scale = np.asarray(meta.normalization.action_scale, dtype=np.float32)  # model -> robot units
+        self._identity = (f"dreamvla-{cfg.name}", meta.content_hash, meta.normalization_hash)
+        self._contract = ModelContract(
+            cameras=list(cfg.cameras), image_size=cfg.vision.image_size, state_layout=list(meta.state_layout),
+            chunk_length=cfg.action.chunk, action_dim=cfg.action.dim, gripper=cfg.action.gripper,
+            action_convention=f"delta_{cfg.action.frame}_{cfg.action.rotation}",
+            sequence_length=cfg.sequence_length,
+        )
+
+    def contract(self) -> ModelContract:
+        return self._contract
+
+    def identity(self) -> tuple[str, str, str]:
+        return self._identity
+
+    def new_session(self, instruction: str, seed: int | None) -> EngineSession:
+        seed = secrets.randbits(63) if seed is None else seed
+        return EngineSession(self.engine.start_episode(instruction), torch.Generator().manual_seed(seed))
+
+    def infer_batch(self, states: list[EngineSession], observations: list[Observation]
+                    ) -> tuple[list[np.ndarray], dict[str, float]]:
+        """One engine step per session. Sessions whose cameras send different resolutions cannot share
+        an image tensor, so each resolution is its own engine batch (one in the usual fleet)."""
+        cfg = self.engine.cfg
+        # Each session draws its (1, K, 7) noise from its own generator, one draw per step.
+        noises = [torch.randn((1, cfg.action.chunk, cfg.action.dim), generator=s.generator).to(self.engine.device)
+                  for s in states]
+        groups: dict[tuple, list[int]] = {}
+        for i, obs in enumerate(observations):
+            groups.setdefault(tuple(obs.images[c].shape for c in cfg.cameras), []).append(i)
+        chunks: list[np.ndarray] = [np.empty(0)] * len(states)
+        timing: dict[str, float] = {}
+        for members in groups.values():
+            out, stages = self.engine.step_batch(
+                [states[i].history for i in members],
+                [eng.Observation(observations[i].images, observations[i].state) for i in members],
+                [noises[i] for i in members])
+            for i, chunk in zip(members, out, strict=True):
+                chunks[i] = (chunk * self._scale).astype(np.float32)
+            for stage, seconds in stages.items():
+                timing[stage] = timing.get(stage, 0.0) + seconds
+        return chunks, timing
