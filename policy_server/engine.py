@@ -10,7 +10,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +39,7 @@ class EpisodeHistory:
 
     instruction: str
     text: torch.Tensor  # (1, H)
-    frames: deque[torch.Tensor] = field(default_factory=deque)  # each (A-1, H)
+    frames: deque[torch.Tensor]  # each (A-1, H); maxlen = the model's sequence length
 
 
 def default_precision(device: torch.device) -> Precision:
@@ -65,7 +65,8 @@ class PolicyEngine:
         return cls(model, meta, tokenizer, device=device, precision=precision)
 
     @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
+    def inference_context(self) -> Iterator[None]:
+        """No autograd, and bf16 autocast when that is the precision: every model call goes through here."""
         with torch.inference_mode():
             if self.precision == "bf16":
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
@@ -88,14 +89,14 @@ class PolicyEngine:
     def start_episode(self, instruction: str) -> EpisodeHistory:
         """Encode the instruction once; it is the same at every timestep of the episode."""
         ids = self.tokenizer([instruction]).to(self.device)
-        with self._autocast():
+        with self.inference_context():
             text = self.model.encode_text(ids)
         return EpisodeHistory(instruction, text, deque(maxlen=self.cfg.sequence_length))
 
     def encode(self, observations: list[Observation]) -> torch.Tensor:
         """(N, A-1, H) tokens of N frames in one encoder pass."""
         state, images = self._frame_inputs(observations)
-        with self._autocast():
+        with self.inference_context():
             return self.model.encode_frame(state, images)
 
     def step(self, history: EpisodeHistory, obs: Observation, *, noise: torch.Tensor | None = None,
@@ -130,7 +131,7 @@ class PolicyEngine:
         groups: dict[int, list[int]] = {}
         for i, h in enumerate(histories):
             groups.setdefault(len(h.frames), []).append(i)
-        with self._autocast():
+        with self.inference_context():
             for members in groups.values():
                 text = torch.cat([histories[i].text for i in members])  # (n, H)
                 frames = torch.stack([torch.stack(list(histories[i].frames)) for i in members])  # (n, k, A-1, H)
@@ -145,6 +146,6 @@ class PolicyEngine:
 
     def _predict(self, text: torch.Tensor, frames: torch.Tensor, noise: torch.Tensor | None,
                  generator: torch.Generator | None) -> np.ndarray:
-        with self._autocast():
+        with self.inference_context():
             actions = self.model.predict(text, frames[None], noise=noise, generator=generator)  # frames (k, A-1, H)
         return actions[0].float().cpu().numpy()

@@ -1,0 +1,1 @@
+"""Latency benchmarks of the policy server, measured on the machine that will run it."""
