@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from policy_server.cli.common import run_subcommand
+
 if TYPE_CHECKING:
     from policy_server.bench.model_latency import BenchResult
 
@@ -76,12 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+    return run_subcommand(build_parser(), argv, console)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from policy_server.cli.common import run_subcommand
+
 console = Console()
 
 
@@ -132,12 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+    return run_subcommand(build_parser(), argv, console)
 
 
 if __name__ == "__main__":
