@@ -163,9 +163,9 @@ class _Batcher:
             self._hold(job)
 
     def _next_batch(self) -> list[_Job] | None:
-        """Oldest jobs first, one per session; waits for more only until the oldest job has waited
-        max_wait, and only while more sessions are active than the batch holds (a lone robot never
-        pays the batching wait). None once closed and everything submitted has run."""
+        """Oldest jobs first, one per session; waits up to max_wait for more, and only while more
+        sessions are active than the batch holds (a lone robot never pays the batching wait). None
+        once closed and everything submitted has run."""
         while not self._backlog and not self._closing:
             self._hold(self._inbox.get())
         if not self._backlog:
@@ -175,7 +175,9 @@ class _Batcher:
         keys: set[tuple[str, str]] = set()
         for job in pending:
             self._place(job, batch, keys)
-        deadline = batch[0].enqueued + self._max_wait_s
+        # Counted from when this batch could start, not from the oldest arrival: a request that queued
+        # behind a long batch would otherwise never wait, and clients settle into alternating halves.
+        deadline = max(batch[0].enqueued, time.perf_counter()) + self._max_wait_s
         while len(batch) < min(self._max_batch, self._active_sessions()) and not self._closing:
             remaining = deadline - time.perf_counter()
             try:
@@ -451,9 +453,9 @@ class PolicyServer:
                       actions=np.asarray(job.actions, dtype=np.float32), timing_ms=timing)
         start = time.perf_counter()
         encode(chunk, self._key)
-        timing["send"] = (time.perf_counter() - start) * 1e3
+        chunk.timing_ms["send"] = (time.perf_counter() - start) * 1e3  # the model holds its own copy
         self._send(job.identity, chunk)
-        self._latency.add(timing)
+        self._latency.add(chunk.timing_ms)
 
     def _send_error(self, identity: bytes, exc: ProtocolError, request: Message | None = None) -> None:
         self._counters["errors"] += 1

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from policy_server.bench import serve_latency
 from policy_server.cli.common import run_subcommand
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
     p.set_defaults(func=_cmd_model)
+
+    p = sub.add_parser("serve", help="wire overhead, transport vs openpi's, throughput with batching on/off")
+    serve_latency.add_arguments(p)
+    p.set_defaults(func=serve_latency.command)
     return parser
 
 

@@ -177,6 +177,7 @@ def test_round_trip_echo(batching):
             assert chunk.actions.dtype == np.float32
             np.testing.assert_array_equal(chunk.actions, echo_of(state))
             assert set(STAGES) <= set(chunk.timing_ms) and all(v >= 0 for v in chunk.timing_ms.values())
+            assert chunk.timing_ms["send"] > 0 and chunk.timing_ms["decode"] > 0  # measured, not placeholders
         offset, rtt = client.ping()
         assert 0 < rtt < 1e9 and abs(offset) < rtt  # one machine, one monotonic clock
         stats = client.stats()
