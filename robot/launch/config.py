@@ -1,0 +1,238 @@
+"""`LaunchConfig`: one YAML file describes a workcell run — robot, cameras, calibration, limits, tasks, server,
+rates and the e-stop — validated in full when it is loaded, never halfway through an episode.
+
+The sections reuse the drivers' and the runner's own config classes (`ArmConfig`, the camera configs,
+`SafetyConfig`, `RunnerConfig`), so a field has one definition and one set of limits. `load_launch_config`
+turns every problem into a line naming the file and the field, e.g.
+`launch/sim.yaml: safety.max_speed_mps: Input should be greater than 0`. The YAML files live in `launch/`
+(data only); relative paths inside them are relative to the working directory, like every `dv-*` argument.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from policy_server.bind_policy import is_loopback
+from robot.arm import ArmConfig
+from robot.cameras import CameraConfig, camera_config_from_dict
+from robot.estop.wire import HEARTBEAT_ENDPOINT, HEARTBEAT_TIMEOUT_S, STATUS_ENDPOINT
+from robot.runner.config import RunnerConfig
+from robot.safety import SafetyConfig
+from robot.sim.tasks import TASKS
+
+DEFAULT_LAUNCH_FILE = Path(__file__).resolve().parents[2] / "launch" / "sim.yaml"
+CAMERA_ROLES = ("static", "wrist")
+QUATERNION_NORM_TOL = 1e-3  # safety_reliability.md §6 A2: |‖q‖ − 1| < 1e-3
+
+Vec3 = tuple[float, float, float]
+Quat = tuple[float, float, float, float]
+
+
+class LaunchConfigError(ValueError):
+    """Everything wrong with one launch file, one `file: field: problem` line each."""
+
+    def __init__(self, path: str | Path, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RobotSection(_Section):
+    kind: Literal["sim", "real"] = Field(description="'sim': the franky-sim workcell; 'real': a Panda/FR3.")
+    arm: ArmConfig
+
+
+class CalibratedPose(_Section):
+    """A calibrated rigid transform T_a_b (CONVENTIONS.md); all fields stay empty until calibration writes them."""
+
+    xyz: Vec3 | None = Field(None, description="Translation in metres.")
+    quat_xyzw: Quat | None = Field(None, description="Rotation as a unit quaternion (x, y, z, w).")
+    timestamp: str = Field("", description="When the calibration ran (ISO 8601).")
+    hash: str = Field("", description="Hash of the calibration data that produced it.")
+
+    @field_validator("quat_xyzw")
+    @classmethod
+    def _unit(cls, q: Quat | None) -> Quat | None:
+        if q is not None and abs(math.sqrt(sum(c * c for c in q)) - 1.0) > QUATERNION_NORM_TOL:
+            norm = math.sqrt(sum(c * c for c in q))
+            raise PydanticCustomError("quaternion_norm", f"quaternion norm is {norm:.4f}, expected 1 ± "
+                                      f"{QUATERNION_NORM_TOL}")
+        return q
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if (self.xyz is None) != (self.quat_xyzw is None):
+            raise PydanticCustomError("calibration_incomplete", "set both xyz and quat_xyzw, or neither")
+        return self
+
+    @property
+    def calibrated(self) -> bool:
+        return self.xyz is not None
+
+
+class Calibration(_Section):
+    T_base_cam_static: CalibratedPose = Field(default_factory=CalibratedPose)
+    T_ee_cam_wrist: CalibratedPose = Field(default_factory=CalibratedPose)
+
+
+class ServerSection(_Section):
+    address: str = Field("tcp://127.0.0.1:5555", description="Where the runner reaches dv-serve.")
+    start: bool = Field(True, description="dv-launch starts dv-serve bound to `address` (loopback only).")
+    checkpoint: Path | None = Field(None, description="Checkpoint directory dv-launch serves.")
+    create: str | None = Field(None, description="Named config (e.g. 'tiny') to create `checkpoint` from, random "
+                               "weights, when it does not exist yet.")
+    device: Literal["cpu", "cuda"] | None = Field(None, description="Default: cuda when available.")
+    ready_timeout_s: float = Field(180.0, gt=0, description="Longest wait for the server's READY line.")
+
+    @model_validator(mode="after")
+    def _startable(self) -> Self:
+        if self.start and self.checkpoint is None:
+            raise PydanticCustomError("missing_checkpoint", "start: true needs a checkpoint to serve")
+        if self.start and not is_loopback(self.address):
+            raise PydanticCustomError(
+                "server_not_loopback", f"dv-launch starts dv-serve on loopback only, not {self.address} (start a "
+                "remote server yourself and set start: false)")
+        return self
+
+
+class EStopSection(_Section):
+    required: bool | None = Field(None, description="The robot moves only while a console heartbeats. "
+                                  "Default: required for a real robot, optional in sim.")
+    console: bool = Field(True, description="dv-launch starts the dv-estop console (in this terminal if it is one).")
+    endpoint: str = Field(HEARTBEAT_ENDPOINT, description="Heartbeat endpoint the runner binds.")
+    status_endpoint: str = Field(STATUS_ENDPOINT, description="Status endpoint the runner binds.")
+    timeout_s: float = Field(HEARTBEAT_TIMEOUT_S, gt=0, le=1.0, description="Heartbeat silence that latches a stop.")
+
+
+class ProcessSection(_Section):
+    logs_dir: Path = Field(Path("runs/logs"), description="One <name>.log per supervised process.")
+    interrupt_timeout_s: float = Field(10.0, gt=0, description="After SIGINT, how long a process may take to "
+                                       "finish (the runner stops the arm and writes its summary) before SIGTERM.")
+    terminate_timeout_s: float = Field(3.0, gt=0, description="After SIGTERM, the wait before SIGKILL.")
+
+
+def _camera(entry: Any) -> Any:
+    """Validate a camera entry with the config class its `type` names (errors keep the field's path)."""
+    return camera_config_from_dict(entry) if isinstance(entry, dict) else entry
+
+
+class LaunchConfig(_Section):
+    robot: RobotSection
+    cameras: list[SerializeAsAny[Annotated[CameraConfig, BeforeValidator(_camera)]]]
+    calibration: Calibration = Field(default_factory=Calibration)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    tasks: list[str] = Field(min_length=1, description="Tasks this workcell runs; the first is the default.")
+    episodes: int = Field(1, ge=1, description="Episodes per run.")
+    server: ServerSection = Field(default_factory=ServerSection)
+    estop: EStopSection = Field(default_factory=EStopSection)
+    processes: ProcessSection = Field(default_factory=ProcessSection)
+
+    @field_validator("cameras")
+    @classmethod
+    def _roles(cls, cameras: list[CameraConfig], info: ValidationInfo) -> list[CameraConfig]:
+        names = [c.name for c in cameras]
+        missing = [r for r in CAMERA_ROLES if r not in names]
+        extra = [n for n in names if n not in CAMERA_ROLES or names.count(n) > 1]
+        if missing or extra:
+            raise PydanticCustomError(
+                "camera_roles", f"need exactly one camera per role {list(CAMERA_ROLES)} (the `name` field); "
+                f"missing {missing}, unexpected or repeated {extra}")
+        robot = info.data.get("robot")
+        if robot is not None:
+            wrong = [c.name for c in cameras if (c.type == "sim") != (robot.kind == "sim")]
+            if wrong:
+                raise PydanticCustomError("camera_kind", f"camera(s) {wrong} do not match robot.kind "
+                                          f"{robot.kind!r} (sim cameras go with a sim robot only)")
+        return cameras
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_once(cls, tasks: list[str]) -> list[str]:
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise PydanticCustomError("unknown_task", f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+        if len(set(tasks)) != len(tasks):
+            raise PydanticCustomError("duplicate_task", f"a task is listed twice: {tasks}")
+        return tasks
+
+    @property
+    def estop_required(self) -> bool:
+        return self.robot.kind == "real" if self.estop.required is None else self.estop.required
+
+    def camera(self, role: str) -> CameraConfig:
+        return next(c for c in self.cameras if c.name == role)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def parse_launch_config(data: Any, source: str | Path) -> LaunchConfig:
+    """Validate already-parsed YAML data; errors name `source` and each field."""
+    if not isinstance(data, dict):
+        raise LaunchConfigError(source, ["the file must be a mapping of sections (robot, cameras, ...)"])
+    try:
+        return LaunchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise LaunchConfigError(source, [f"{_field(e['loc'])}: {_message(e)}" for e in exc.errors()]) from None
+
+
+def load_launch_config(path: str | Path) -> LaunchConfig:
+    """Read and validate a launch file; raises `LaunchConfigError` naming the file and every bad field."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise LaunchConfigError(path, [f"cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only, never objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise LaunchConfigError(path, [f"{where}YAML error: {problem}"]) from None
+    return parse_launch_config(data, path)

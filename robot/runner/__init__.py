@@ -1,0 +1,38 @@
+"""The control loop and its episodes: `Runner` (the loop), `RunnerConfig`, scenes, reports.
+
+    runner = Runner(RunnerConfig(), SafetyConfig(), arm=arm, gripper=gripper, cameras=cameras,
+                    policy=policy, scene=SimScene(cell, arm, gripper), task="pick_bottle")
+    summary = runner.run(episodes=2)
+"""
+
+from robot.runner.config import RunnerConfig
+from robot.runner.devices import ArmLike, CameraLike, GripperLike, StatusSink, StopSignal
+from robot.runner.loop import Runner
+from robot.runner.report import (
+    EpisodeRecord,
+    LatencyStats,
+    RunSummary,
+    episode_table,
+    interventions_table,
+    latency_table,
+)
+from robot.runner.scenes import OperatorScene, Scene, SimScene
+
+__all__ = [
+    "ArmLike",
+    "CameraLike",
+    "EpisodeRecord",
+    "GripperLike",
+    "LatencyStats",
+    "OperatorScene",
+    "Runner",
+    "RunnerConfig",
+    "RunSummary",
+    "Scene",
+    "SimScene",
+    "StatusSink",
+    "StopSignal",
+    "episode_table",
+    "interventions_table",
+    "latency_table",
+]

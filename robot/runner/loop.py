@@ -1,0 +1,524 @@
+"""`Runner`: the control loop that turns observations into safe Cartesian targets, one tick at a time.
+
+Each tick (15 Hz by default), in this order:
+1. the e-stop: a latched stop ends everything; motion never restarts by itself;
+2. proprioception, then Franka errors (polled every tick: franky re-raises an asynchronous motion's error only
+   when asked, franky #63), then the measured-state reactions (force, torque, joint limits);
+3. the images (never blocking: the newest frame of each camera, refused when too old);
+4. the policy: a request goes to the inference worker when the mode asks for one, and the loop waits for the
+   reply at most `reply_wait` of a tick; a reply is validated as a whole and placed on the timeline;
+5. liveness: no reply within the deadline (one chunk horizon), an error reply or a rejected chunk is a miss;
+   a miss or one horizon without an action to run is a HOLD (stop issued, plan forgotten, gripper untouched);
+   the next valid chunk resumes; `max_consecutive_misses` in a row abort the episode;
+6. the action for this tick, composed on the last commanded target and filtered by the envelope, goes to the
+   arm (asynchronous, pre-empting); the gripper follows the hysteresis.
+
+SAFE-HOLD (safety_reliability.md §6) is an aborted episode: stop issued, no new motion, the gripper latched
+where it is, the reason logged and recorded as `aborted:<reason>`, and no exception leaves the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from robot.arm import ArmError, ArmState
+from robot.estop.listener import EStopMode
+from robot.estop.wire import Latency, RobotState, RobotStatus
+from robot.execution import Timeline, compose, predicted_positions, state_vector
+from robot.policy import Observation, Policy, PolicyChunk, PolicyFailure
+from robot.runner.config import RunnerConfig
+from robot.runner.devices import ArmLike, CameraLike, GripperLike, StatusSink, StopSignal
+from robot.runner.report import EpisodeRecord, LatencyStats, RunSummary
+from robot.runner.scenes import Scene
+from robot.runner.worker import Done, PolicyWorker
+from robot.safety import Rejection, SafetyConfig, SafetyEnvelope
+
+log = logging.getLogger("robot.runner")
+
+# Policy failures that end the episode at once: the server lost the episode's history, or refuses this robot.
+_FATAL_FAILURES = {"session_lost": "session_lost", "contract": "contract_mismatch"}
+_MISS_REASONS = {"timeout": "policy_timeout", "server_error": "policy_error", "internal": "policy_error"}
+_STATUS_STAGES = ("obs_to_action", "infer", "state_read", "tick_period")
+
+
+def _ms(ns: int) -> float:
+    return ns / 1e6
+
+
+@dataclass
+class _Episode:
+    """The loop's state for one episode."""
+
+    index: int
+    instruction: str
+    timeline: Timeline
+    state: ArmState
+    T_cmd: np.ndarray  # the last commanded target: deltas compose on it
+    t_start_ns: int
+    gripper_open: bool = True
+    last_action_ns: int = 0
+    last_frames_ns: int = 0
+    last_obs_acted_ns: int = 0
+    next_success_ns: int = 0
+    next_status_ns: int = 0
+    wait_deadline_ns: int = 0  # a reply is due by then (while a request is pending or the worker is busy)
+    pending: int | None = None  # the worker job whose reply the loop is waiting for
+    pending_obs: Observation | None = None
+    misses: int = 0
+    holding: str | None = None  # the reason of the current HOLD
+    steps: int = 0
+    ticks: int = 0
+    outcome: str | None = None  # None while running; 'success', 'done', 'time_limit' or 'aborted:<reason>'
+    latency: LatencyStats = field(default_factory=LatencyStats)
+    events: list[str] = field(default_factory=list)
+
+    def note(self, now_ns: int, text: str) -> None:
+        self.events.append(f"{(now_ns - self.t_start_ns) / 1e9:6.2f}s {text}")
+
+
+class Runner:
+    """Runs episodes of one task: reset, loop, record. Devices come in connected; `close()` stops the worker."""
+
+    def __init__(self, config: RunnerConfig, safety: SafetyConfig, *, arm: ArmLike, gripper: GripperLike,
+                 cameras: Mapping[str, CameraLike], policy: Policy, scene: Scene, task: str, policy_name: str = "",
+                 estop: StopSignal | None = None, status: StatusSink | None = None,
+                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self.config, self.safety = config, safety
+        self.arm, self.gripper, self.cameras, self.scene = arm, gripper, dict(cameras), scene
+        self.task, self.policy_name = task, policy_name
+        self._estop, self._status, self._clock = estop, status, clock
+        self._dt_ns = round(1e9 / config.rate_hz)
+        self._deadline_ns = round(safety.deadline_s(config.chunk_length, config.rate_hz) * 1e9)
+        self.envelope = SafetyEnvelope(safety, 1.0 / config.rate_hz, config.chunk_length)
+        self.interventions = self.envelope.interventions
+        self._worker = PolicyWorker(policy)
+        self._lock = threading.Lock()  # orders the stop latch against motion commands from the loop
+        self._stop_reason: str | None = None
+        self._stop_code = ""
+        self._fault: str | None = None  # needs an operator: no further episode starts
+        self._recover: str | None = None  # an allow-listed error to recover from before the next episode
+        self._recoveries = 0
+        self._run_state = RobotState.PAUSE
+        self._episode_index, self._episodes_planned = 0, 0
+        self._last_error = ""
+        self._estop_text = ""
+        self._latency = LatencyStats()  # every episode's samples, for the run's summary
+
+    # ------------------------------------------------------------------ e-stop hook
+
+    def request_stop(self, reason: str, code: str = "estop") -> None:
+        """Stop now and latch, from any thread (an e-stop supervisor can call this directly for a ≤ 10 ms reaction).
+        The running episode ends as aborted:<code>; no later episode of this runner starts: a latched stop never
+        clears itself."""
+        with self._lock:
+            first = self._stop_reason is None
+            if first:
+                self._stop_reason, self._stop_code = reason, code
+            self.arm.stop()
+        if first:
+            self.gripper.latch_fault(f"stop: {reason}")
+            self._run_state = RobotState.STOP
+            log.warning("STOP latched: %s", reason)
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop_reason
+
+    # ------------------------------------------------------------------ episodes
+
+    def run(self, episodes: int) -> RunSummary:
+        """Up to `episodes` episodes; the run ends early on a latched stop or an error that needs an operator."""
+        self._episodes_planned = episodes
+        self._fault = self._recover = None  # a new run is the operator's decision; a latched stop stays latched
+        self._recoveries = 0
+        records: list[EpisodeRecord] = []
+        stopped = ""
+        if self._estop is not None:
+            self._start_estop()
+        for index in range(1, episodes + 1):
+            if self._recover is not None:
+                self._recover_arm()
+            if self._stop_reason is not None or self._fault is not None:
+                stopped = (f"stop latched: {self._stop_reason}" if self._stop_reason
+                           else f"needs operator: {self._fault}")
+                break
+            records.append(self._run_episode(index))
+        if stopped:
+            log.warning("run ended early (%s)", stopped)
+        self._publish(None, force=True)
+        return RunSummary(self.task, self.config.mode, self.policy_name, records, self._latency.summary(), stopped)
+
+    def close(self) -> None:
+        self._worker.close()
+
+    def _start_estop(self) -> None:
+        """The run is the operator's start: wait for a console if one is required, then ARMED -> RUN."""
+        assert self._estop is not None
+        deadline = self._clock() + round(self.config.estop_wait_s * 1e9)
+        state = self._estop.check(self._clock())
+        while state.mode is EStopMode.WAITING and self._clock() < deadline:
+            time.sleep(0.05)
+            state = self._estop.check(self._clock())
+        state = self._estop.begin_motion(self._clock())
+        self._estop_text = state.describe()
+        if not state.may_move:
+            self.request_stop(f"e-stop {state.describe()} at the start of the run")
+
+    def _recover_arm(self) -> None:
+        """Allow-listed errors only, between episodes (seconds on a real robot), then the mode check in `recover`.
+        Errors queued before the recovery (e.g. the refused stop) are stale once it succeeded."""
+        reason, self._recover = self._recover, None
+        log.warning("recovering automatically from: %s", reason)
+        if not self.arm.recover():
+            self._fault = f"automatic recovery failed after: {reason}"
+            return
+        self._recoveries += 1
+        while (stale := self.arm.poll_error()) is not None:
+            log.info("cleared by the recovery: %s", self._describe(stale, None))
+
+    def _run_episode(self, index: int) -> EpisodeRecord:
+        self._episode_index = index
+        self._run_state = RobotState.PAUSE
+        self._publish(None, force=True)
+        start = self._clock()
+        try:
+            instruction = self.scene.reset(index)
+        except Exception as exc:  # noqa: BLE001 - a failed reset needs the operator, it must not crash the run
+            log.exception("reset for episode %d failed", index)
+            self._fault = f"reset failed: {exc}"
+            return self._early_record(index, "", "aborted:reset_failed", start)
+        state, error = self.arm.read_state(), self.arm.poll_error()
+        if error is not None or state.is_faulted:
+            self._fault = self._describe(error, state)
+            return self._early_record(index, instruction, "aborted:arm_error", start)
+        failure = self._worker.call(lambda p: p.reset(instruction), self.config.policy_reset_timeout_s)
+        if isinstance(failure, PolicyFailure):
+            log.warning("policy reset failed: %s", failure.message)
+            self._last_error = failure.message
+            return self._early_record(index, instruction, "aborted:policy_unavailable", start)
+        now = self._clock()
+        timeline = Timeline(self.config.mode, now, self._dt_ns, round(self.safety.max_obs_age_s * 1e9),
+                            self.interventions, self.config.ensemble_k)
+        ep = _Episode(index, instruction, timeline, state, state.T_base_ee.copy(), now, last_action_ns=now,
+                      last_frames_ns=now, next_success_ns=now + round(self.config.success_check_period_s * 1e9))
+        log.info("episode %d: %s", index, instruction)
+        self._run_state = RobotState.RUN
+        try:
+            self._loop(ep)
+        except Exception as exc:  # noqa: BLE001 - S1: a bug in the loop becomes SAFE-HOLD, never an escape
+            log.exception("control loop failed")
+            self._fault = f"{type(exc).__name__}: {exc}"
+            self._abort(ep, f"exception:{type(exc).__name__}")
+        return self._finish(ep)
+
+    def _early_record(self, index: int, instruction: str, outcome: str, start: int) -> EpisodeRecord:
+        return EpisodeRecord(index, self.task, instruction, outcome, False, 0, 0, (self._clock() - start) / 1e9,
+                             self.interventions.take(), {})
+
+    def _finish(self, ep: _Episode) -> EpisodeRecord:
+        """Bring the arm to rest, judge the episode, and record it."""
+        with self._lock:
+            self.arm.stop()
+        self.arm.wait(self.config.settle_timeout_s)
+        assert ep.outcome is not None
+        if ep.outcome.startswith("aborted:"):
+            outcome, success = ep.outcome, False
+        else:
+            ep.note(self._clock(), f"ended: {ep.outcome}")
+            success = ep.outcome == "success" or self._verdict()
+            outcome = "success" if success else "failure"
+        log.info("episode %d: %s after %d steps", ep.index, outcome, ep.steps)
+        self._latency.merge(ep.latency)
+        return EpisodeRecord(ep.index, self.task, ep.instruction, outcome, success, ep.steps, ep.ticks,
+                             (self._clock() - ep.t_start_ns) / 1e9, self.interventions.take(), ep.latency.summary(),
+                             ep.events)
+
+    def _verdict(self) -> bool:
+        try:
+            return self.scene.verdict()
+        except Exception:  # noqa: BLE001 - an unreadable verdict is a failure, not a crash
+            log.exception("could not judge the episode")
+            return False
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self, ep: _Episode) -> None:
+        dt, next_tick, last_start = self._dt_ns, ep.t_start_ns, None
+        while ep.outcome is None:
+            self._idle_until(ep, next_tick)
+            if ep.outcome is not None:
+                break
+            now = self._clock()
+            if last_start is not None:
+                ep.latency.add("tick_period", _ms(now - last_start))
+            ep.latency.add("tick_late", _ms(now - next_tick))
+            last_start = now
+            self._tick(ep, now)
+            ep.ticks += 1
+            ep.latency.add("tick_work", _ms(self._clock() - now))
+            next_tick += dt
+            behind = self._clock() - next_tick
+            if behind > 0:  # S2: a stall skips ticks; the bounded lead already limits where the arm can go
+                skipped = behind // dt + 1
+                next_tick += skipped * dt
+                self.interventions.record("overrun", f"tick took {_ms(behind + dt):.0f} ms; {skipped} ticks skipped",
+                                          n=int(skipped))
+
+    def _idle_until(self, ep: _Episode, t_ns: int) -> None:
+        """Wait for the next tick; a reply deadline that falls before it is acted on at the deadline itself, not a
+        tick later (a reply arriving meanwhile is collected, so it is never mistaken for a miss)."""
+        while ep.outcome is None and (ep.pending is not None or self._worker.busy) and ep.wait_deadline_ns < t_ns:
+            now = self._clock()
+            if now >= ep.wait_deadline_ns:
+                self._no_reply(ep, now)
+            else:
+                self._collect(ep, ep.timeline.slot(now), (ep.wait_deadline_ns - now) / 1e9)
+        now = self._clock()
+        if now < t_ns:
+            time.sleep((t_ns - now) / 1e9)
+
+    def _tick(self, ep: _Episode, tick_ns: int) -> None:
+        slot = ep.timeline.slot(tick_ns)
+        if self._estop is not None:
+            estop = self._estop.check(tick_ns)
+            self._estop_text = estop.describe()
+            if not estop.may_move:
+                self.request_stop(f"e-stop {estop.describe()}")
+        if self._stop_reason is not None:
+            return self._abort(ep, self._stop_code)
+
+        t = self._clock()
+        ep.state = state = self.arm.read_state()  # proprioception first, then the images
+        ep.latency.add("state_read", _ms(self._clock() - t))
+        error = self.arm.poll_error()
+        if error is not None or state.is_faulted:
+            return self._arm_fault(ep, error, state)
+        unsafe = self.envelope.check_state(state.wrench_ext, state.joint_positions)
+        if unsafe is not None:
+            return self._abort(ep, unsafe.rule)
+
+        t = self._clock()
+        frames = self._read_cameras(ep)
+        now = self._clock()
+        ep.latency.add("image_read", _ms(now - t))
+        if frames is not None:
+            ep.last_frames_ns = now
+        elif now - ep.last_frames_ns > self.safety.camera_timeout_s * 1e9:
+            return self._abort(ep, "camera_stale")
+
+        self._collect(ep, slot, 0.0)
+        if (ep.outcome is None and frames is not None and ep.pending is None
+                and (ep.holding is not None or ep.timeline.needs_request(slot, now))):
+            self._request(ep, *frames)
+        if ep.pending is not None:
+            wait_until = min(tick_ns + self.config.reply_wait * self._dt_ns, ep.wait_deadline_ns)
+            self._collect(ep, slot, (wait_until - self._clock()) / 1e9)
+        now = self._clock()
+        if ep.outcome is None and (ep.pending is not None or self._worker.busy) and now > ep.wait_deadline_ns:
+            self._no_reply(ep, now)
+        if ep.outcome is None and ep.holding is None and now - ep.last_action_ns > self._deadline_ns:
+            self._hold(ep, "policy_silence")
+        if ep.outcome is None and ep.holding is None:
+            self._execute(ep, slot)
+        if ep.outcome is None:
+            self._check_end(ep)
+        self._publish(ep)
+
+    def _read_cameras(self, ep: _Episode) -> tuple[dict[str, np.ndarray], dict[str, int]] | None:
+        """The newest frame of every camera, or None (counted) if any is missing or older than allowed."""
+        images, captures = {}, {}
+        for name, camera in self.cameras.items():
+            frame = camera.read_latest()
+            age_ns = None if frame is None else self._clock() - frame.capture_ns
+            if age_ns is not None:
+                ep.latency.add(f"frame_age_{name}", _ms(age_ns))
+            if frame is None or age_ns > self.safety.max_frame_age_s * 1e9:
+                self.interventions.record("frame_stale", f"camera {name}: " + (
+                    "no frame yet" if age_ns is None else f"newest frame {_ms(age_ns):.0f} ms old"))
+                return None
+            images[name], captures[name] = frame.color, frame.capture_ns
+        return images, captures
+
+    def _request(self, ep: _Episode, images: dict[str, np.ndarray], captures: dict[str, int]) -> None:
+        state = ep.state
+        obs = Observation(state=state_vector(state.T_base_ee, ep.gripper_open), images=images,
+                          capture_ns={"state": state.capture_ns, **captures}, T_measured=state.T_base_ee,
+                          T_commanded=ep.T_cmd.copy())
+        job = self._worker.try_submit(lambda policy: policy.infer(obs))
+        if job is None:
+            return  # an abandoned request is still running; its deadline keeps counting (see _no_reply)
+        now = self._clock()
+        ep.pending, ep.pending_obs, ep.wait_deadline_ns = job, obs, now + self._deadline_ns
+        ep.latency.add("obs_age_at_send", _ms(now - obs.oldest_ns))
+
+    def _collect(self, ep: _Episode, slot: int, timeout_s: float) -> None:
+        done = self._worker.result(timeout_s)
+        if done is None:
+            return
+        if done.job != ep.pending:  # an abandoned request: its deadline already counted as a miss
+            if isinstance(done.value, PolicyChunk):
+                self.interventions.record("late_reply", "a reply after its deadline was discarded")
+            return
+        obs, ep.pending, ep.pending_obs = ep.pending_obs, None, None
+        assert obs is not None
+        self._on_reply(ep, done, obs, slot)
+
+    def _on_reply(self, ep: _Episode, done: Done, obs: Observation, slot: int) -> None:
+        ep.latency.add("infer", _ms(done.finished_ns - done.started_ns))
+        reply = done.value
+        if isinstance(reply, PolicyFailure):
+            self._last_error = f"{reply.kind}: {reply.message}"
+            if reply.kind in _FATAL_FAILURES:
+                self.interventions.record(_FATAL_FAILURES[reply.kind], reply.message, severe=True)
+                return self._abort(ep, _FATAL_FAILURES[reply.kind])
+            self.interventions.record(_MISS_REASONS[reply.kind], reply.message, severe=True)
+            return self._miss(ep, _MISS_REASONS[reply.kind], reply.message)
+        if reply.done:
+            ep.outcome = "done"
+            return None
+        for stage, ms in reply.timing_ms.items():
+            ep.latency.add(f"server_{stage}", ms)
+        actions = self.envelope.check_chunk(reply.actions)
+        if isinstance(actions, Rejection):
+            return self._miss(ep, "invalid_action", actions.detail)
+        rejection = self.envelope.check_path(predicted_positions(ep.T_cmd, actions))
+        if rejection is not None:
+            return self._miss(ep, "invalid_action", rejection.detail)
+        if ep.timeline.add(actions, obs.t_ns, obs.oldest_ns, slot) == 0:
+            self.interventions.record("policy_late", "every action of the reply was past due", severe=True)
+            return self._miss(ep, "policy_late", "every action of the reply was past due")
+        ep.misses = 0
+        if ep.holding is not None:
+            now = self._clock()
+            ep.note(now, f"resume after hold ({ep.holding})")
+            ep.holding, ep.last_action_ns = None, now
+            self._run_state = RobotState.RUN
+        return None
+
+    def _no_reply(self, ep: _Episode, now: int) -> None:
+        """The deadline passed with no reply: a miss. The request is abandoned (its late reply is discarded);
+        while the worker stays busy each further horizon is another miss, so a hung server aborts in K horizons."""
+        detail = f"no reply within {_ms(self._deadline_ns):.0f} ms"
+        self._last_error = f"timeout: {detail}"
+        ep.pending, ep.pending_obs, ep.wait_deadline_ns = None, None, now + self._deadline_ns
+        self.interventions.record("policy_timeout", detail, severe=True)
+        self._miss(ep, "policy_timeout", detail)
+
+    def _execute(self, ep: _Episode, slot: int) -> None:
+        step = ep.timeline.take(slot, self._clock())
+        if step is None:
+            return
+        target = self.envelope.filter_target(ep.T_cmd, compose(ep.T_cmd, step.action), ep.state.T_base_ee)
+        if isinstance(target, Rejection):
+            return self._miss(ep, target.rule, target.detail)
+        with self._lock:
+            if self._stop_reason is not None:
+                return None
+            self.arm.move_to(target)  # a refusal is queued in the arm and surfaces in next tick's poll_error
+        now = self._clock()
+        ep.T_cmd, ep.last_action_ns = target, now
+        ep.steps += 1
+        if step.t_obs_ns != ep.last_obs_acted_ns:  # the first action taken from this observation
+            ep.last_obs_acted_ns = step.t_obs_ns
+            ep.latency.add("obs_to_action", _ms(now - step.t_obs_ns))
+        want_open = self.envelope.gripper_open(float(step.action[6]), ep.gripper_open)
+        if want_open != ep.gripper_open:
+            (self.gripper.open if want_open else self.gripper.close)()
+            ep.gripper_open = want_open
+        return None
+
+    def _check_end(self, ep: _Episode) -> None:
+        now = self._clock()
+        if now - ep.t_start_ns > self.config.max_episode_s * 1e9:
+            ep.outcome = "time_limit"
+        elif now >= ep.next_success_ns:
+            ep.next_success_ns = now + round(self.config.success_check_period_s * 1e9)
+            if self.scene.check_success():
+                ep.outcome = "success"
+
+    # ------------------------------------------------------------------ holds and aborts
+
+    def _miss(self, ep: _Episode, reason: str, detail: str) -> None:
+        ep.misses += 1
+        ep.note(self._clock(), f"miss {ep.misses}/{self.safety.max_consecutive_misses}: {reason}: {detail}")
+        if ep.misses >= self.safety.max_consecutive_misses:
+            self._abort(ep, reason)
+        else:
+            self._hold(ep, reason)
+
+    def _hold(self, ep: _Episode, reason: str) -> None:
+        """No new motion: stop issued, the plan forgotten, the gripper left as it is. The stop motion settles where
+        it was issued, so that (the measured pose now) is where later deltas compose from."""
+        if ep.holding is not None:
+            return
+        ep.holding = reason
+        ep.timeline.clear()
+        with self._lock:
+            self.arm.stop()
+        ep.T_cmd = ep.state.T_base_ee.copy()
+        self.interventions.record("hold", reason, severe=True)
+        ep.note(self._clock(), f"hold: {reason}")
+        self._run_state = RobotState.HOLD
+
+    def _abort(self, ep: _Episode, reason: str) -> None:
+        """SAFE-HOLD: stop, gripper latched, the episode ends as aborted:<reason>."""
+        ep.timeline.clear()
+        with self._lock:
+            self.arm.stop()
+        self.gripper.latch_fault(f"episode aborted: {reason}")
+        ep.outcome = f"aborted:{reason}"
+        ep.note(self._clock(), f"SAFE-HOLD: {reason}")
+        log.warning("episode %d aborted: %s", ep.index, reason)
+        if self._stop_reason is not None:
+            self._run_state = RobotState.STOP
+        elif self._fault is not None:
+            self._run_state = RobotState.FAULT
+        else:
+            self._run_state = RobotState.HOLD
+
+    def _arm_fault(self, ep: _Episode, error: ArmError | None, state: ArmState) -> None:
+        """R1/R2: a Franka error is SAFE-HOLD; only allow-listed errors are recovered, and only between episodes."""
+        description = self._describe(error, state)
+        self._last_error = description
+        self.interventions.record("arm_error", description, severe=True)
+        allowed = any(name in description for name in self.safety.auto_recover_errors)
+        if allowed and self._recoveries < self.safety.max_auto_recoveries:
+            self._recover = description
+        else:
+            self._fault = description
+        self._abort(ep, "arm_error")
+
+    @staticmethod
+    def _describe(error: ArmError | None, state: ArmState | None) -> str:
+        if error is not None:
+            return f"{error.kind} during {error.during}: {error.message}"
+        assert state is not None
+        return f"robot mode {state.robot_mode}, errors {list(state.errors)}"
+
+    # ------------------------------------------------------------------ status
+
+    def _publish(self, ep: _Episode | None, force: bool = False) -> None:
+        if self._status is None:
+            return
+        now = self._clock()
+        if ep is not None:
+            if not force and now < ep.next_status_ns:
+                return
+            ep.next_status_ns = now + round(self.config.status_period_s * 1e9)
+        latency = ep.latency.summary() if ep is not None else {}
+        status = RobotStatus(
+            state=self._run_state, task=self.task, episode=self._episode_index, episodes=self._episodes_planned,
+            latency_ms={s: Latency(p50_ms=latency[s]["p50"], p95_ms=latency[s]["p95"])
+                        for s in _STATUS_STAGES if s in latency},
+            interventions=dict(self.interventions.counts), last_error=self._last_error,
+            estop=self._estop_text)
+        try:
+            self._status.publish(status)
+        except Exception:  # noqa: BLE001 - the console is a viewer; its failure must not stop the loop
+            log.exception("status publish failed")

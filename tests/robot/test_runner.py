@@ -1,0 +1,612 @@
+"""The control loop end to end: the real franky client against franky-sim (MuJoCo FR3, in-process) with real sim
+cameras and, where the network matters, a real `dv-serve --echo` subprocess. A fake arm stands in only for what
+franky-sim cannot produce: reflex and communication errors (it enforces no FCI limits).
+
+Each test names its row of safety_reliability.md §6 in its docstring. Numbers the tests measure (stop times,
+travel after detection, tick jitter) are printed with `-s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from policy_server.echo import EchoBackend, echo_contract
+from policy_server.server import PolicyServer
+from robot.arm import ArmError, ArmState, GripperState
+from robot.estop import EStopMode, EStopState, StopReason
+from robot.execution import delta_between
+from robot.policy import Observation, PolicyChunk, PolicyFailure, RemotePolicy, robot_contract
+from robot.runner import Runner, RunnerConfig, RunSummary, SimScene
+from robot.safety import Box, SafetyConfig
+
+pytest.importorskip("franky_sim")
+from robot.cameras.sim import SimCamera, SimCameraConfig  # noqa: E402 - needs franky-sim's MuJoCo
+from robot.sim.workcell import SimWorkcell  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = {"width": 64, "height": 48, "depth": False}  # real renders, cheap enough for a loaded 2-core machine
+SIZES = {"static": (48, 64), "wrist": (48, 64)}
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def cell() -> Iterator[SimWorkcell]:
+    cameras = [SimCameraConfig(name=n, **SMALL) for n in ("static", "wrist")]
+    with SimWorkcell(task="pick_bottle", seed=0, cameras=cameras) as c:
+        for camera in c.cameras.values():
+            camera.connect()
+        yield c
+
+
+@pytest.fixture(scope="module")
+def devices(cell):
+    from robot.arm import Arm, ArmConfig, Gripper, GripperConfig
+
+    with Arm(ArmConfig(host=cell.hostname, realtime="ignore", relative_dynamics_factor=0.1)) as arm, \
+            Gripper(GripperConfig(host=cell.hostname)) as gripper:
+        yield arm, gripper
+
+
+class SpyArm:
+    """The real `Arm`, with every target sent and every stop issued recorded (time, pose)."""
+
+    def __init__(self, arm: Any) -> None:
+        self.arm = arm
+        self.moves: list[tuple[int, np.ndarray]] = []
+        self.stops: list[int] = []
+        self.start: np.ndarray | None = None
+
+    def move_to(self, T: np.ndarray, asynchronous: bool = True, dynamics_factor: float = 1.0) -> bool:
+        self.moves.append((time.monotonic_ns(), T.copy()))
+        return self.arm.move_to(T, asynchronous, dynamics_factor)
+
+    def stop(self) -> bool:
+        self.stops.append(time.monotonic_ns())
+        return self.arm.stop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.arm, name)
+
+
+class Sampler:
+    """Samples the measured TCP at ~200 Hz on its own thread (the arm allows one thread besides the loop)."""
+
+    def __init__(self, arm: Any) -> None:
+        self.arm, self.samples = arm, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            s = self.arm.read_state()
+            self.samples.append((s.capture_ns, s.position.copy()))
+
+    def after(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        times = np.array([t for t, _ in self.samples])
+        pos = np.array([p for _, p in self.samples])
+        keep = times >= t_ns
+        return times[keep], pos[keep]
+
+    def rest_time(self, t_ns: int, tol_m: float = 0.001) -> float:
+        """Seconds from `t_ns` until the TCP stays within `tol_m` of where it ends (the last sample)."""
+        times, pos = self.after(t_ns)
+        moving = np.flatnonzero(np.linalg.norm(pos - pos[-1], axis=1) > tol_m)
+        return 0.0 if moving.size == 0 else (times[moving[-1] + 1] - t_ns) / 1e9
+
+    def travel(self, t_ns: int) -> float:
+        """Largest distance (m) from the position at `t_ns` reached afterwards."""
+        _, pos = self.after(t_ns)
+        return float(np.max(np.linalg.norm(pos - pos[0], axis=1)))
+
+
+class FnPolicy:
+    """An in-process policy whose chunks come from `fn(observation, call_index)` (the §5 'fake server')."""
+
+    def __init__(self, fn: Callable[[Observation, int], Any]) -> None:
+        self.fn, self.calls = fn, []
+
+    def reset(self, instruction: str) -> None:
+        return None
+
+    def infer(self, observation: Observation) -> Any:
+        reply = self.fn(observation, len(self.calls))
+        self.calls.append((time.monotonic_ns(), observation, reply))
+        return reply
+
+    def close(self) -> None:
+        return None
+
+
+def constant(action: list[float]) -> Callable[[Observation, int], PolicyChunk]:
+    return lambda obs, i: PolicyChunk(np.array([action] * 3, dtype=np.float32))
+
+
+def make_runner(devices, cell, policy, *, safety: SafetyConfig | None = None, cameras: dict | None = None,
+                scene: type[SimScene] = SimScene, estop: Any = None, status: Any = None,
+                **config: Any) -> tuple[Runner, SpyArm]:
+    """A runner on the franky-sim arm (wrapped in a SpyArm); `config` overrides RunnerConfig fields."""
+    arm, gripper = devices
+    spy = SpyArm(arm)
+    runner = Runner(RunnerConfig(**{"max_episode_s": 3.0, **config}), safety or SafetyConfig(), arm=spy,
+                    gripper=gripper, cameras=cell.cameras if cameras is None else cameras, policy=policy,
+                    scene=scene(cell, spy, gripper), task="pick_bottle", estop=estop, status=status)
+    return runner, spy
+
+
+def run_in_thread(runner: Runner, episodes: int = 1) -> tuple[threading.Thread, list]:
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(runner.run(episodes)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def inside(p: np.ndarray, box: Box, tol: float = 1e-9) -> bool:
+    return bool(np.all(p >= np.array(box.lo) - tol) and np.all(p <= np.array(box.hi) + tol))
+
+
+@contextlib.contextmanager
+def echo_server(log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`python -m policy_server.cli.serve --echo` as a subprocess, and its endpoint."""
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "policy_server.cli.serve", "--echo", "--bind",
+                                 "tcp://127.0.0.1:*"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("READY "), f"no READY line ({line!r}); log:\n{log.read_text()}"
+        yield proc, line.split()[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+# ------------------------------------------------------------------------------------------------ bad actions
+
+
+def test_out_of_box_targets_never_reach_franky(devices, cell):
+    """A3: a policy pushing down and forward without end, with the box floor 9 cm below home: every target sent
+    to franky is inside the box (clamped within 1 cm, chunks beyond rejected), and after three rejected chunks in
+    a row the episode is aborted, not crashed."""
+    box = Box(lo=(0.25, -0.3, 0.40), hi=(0.40, 0.3, 0.60))
+    runner, spy = make_runner(devices, cell, FnPolicy(constant([0.02, 0, 0.02, 0, 0, 0, 1])),
+                              safety=SafetyConfig(workspace=box), max_episode_s=6.0)
+    with Sampler(devices[0]) as sampler:
+        summary = runner.run(1)
+    runner.close()
+    record = summary.episodes[0]
+    assert spy.moves, "the policy never moved the arm"
+    assert all(inside(T[:3, 3], box) for _, T in spy.moves)
+    assert record.outcome == "aborted:invalid_action"
+    assert record.interventions["workspace_path"] == 3
+    _, pos = sampler.after(0)
+    assert pos[:, 2].min() > box.lo[2] - 0.003  # the measured TCP followed: at most a few mm of tracking error
+
+
+def test_nan_chunk_is_rejected_and_the_arm_holds(devices, cell):
+    """A1: NaN chunks after a few good ones are rejected whole: no non-finite value reaches franky, no motion is
+    commanded after the first NaN reply, the episode aborts after 3 in a row, the gripper is latched."""
+    def fn(obs, i):
+        actions = np.zeros((3, 7), np.float32)
+        actions[:, 0], actions[:, 6] = 0.01, 1.0
+        if i >= 4:
+            actions[1, 2] = np.nan
+        return PolicyChunk(actions)
+
+    policy = FnPolicy(fn)
+    runner, spy = make_runner(devices, cell, policy)
+    with Sampler(devices[0]) as sampler:
+        summary = runner.run(1)
+        time.sleep(0.3)
+    runner.close()
+    record = summary.episodes[0]
+    first_nan = policy.calls[4][0]
+    assert record.outcome == "aborted:invalid_action"
+    assert record.interventions["non_finite"] == 3
+    assert all(np.isfinite(T).all() for _, T in spy.moves)
+    assert len(spy.moves) == 12 and all(t < first_nan for t, _ in spy.moves)
+    hold = min(t for t in spy.stops if t >= first_nan)
+    assert (hold - first_nan) / 1e6 < 70  # the stop goes out in the tick the NaN chunk arrived
+    assert sampler.rest_time(hold) < 0.5 and sampler.travel(hold) < 0.05
+    assert devices[1].state.fault is not None  # the gripper holds whatever it has
+    devices[1].clear_fault()
+
+
+def test_stale_chunks_never_execute(devices, cell):
+    """O6: with cameras delivering 4 fps (frames up to ~250 ms old, allowed in), any action whose observation is
+    older than 250 ms when it would start is dropped: every command sent traces back to a chunk whose oldest
+    stream was at most 250 ms old at that moment, and drops are counted as 'stale'."""
+    cameras = {n: SimCamera(SimCameraConfig(name=n, fps=4, **SMALL), source=cell) for n in ("static", "wrist")}
+    for camera in cameras.values():
+        camera.connect()
+    marker = 1e-6  # action k of call i moves dy = (3i + k + 1) µm: each command names its chunk and step
+
+    def fn(obs, i):
+        actions = np.zeros((3, 7))
+        actions[:, 1] = marker * (3 * i + np.arange(1, 4))
+        actions[:, 6] = 1.0
+        return PolicyChunk(actions)
+
+    policy = FnPolicy(fn)
+    # A long silence limit, so that no HOLD re-anchors the commanded target between two commands.
+    safety = SafetyConfig(max_frame_age_s=0.4, camera_timeout_s=1.0, policy_deadline_s=1.0)
+    try:
+        runner, spy = make_runner(devices, cell, policy, safety=safety, cameras=cameras, max_episode_s=3.0)
+        summary = runner.run(1)
+        runner.close()
+    finally:
+        for camera in cameras.values():
+            camera.disconnect()
+    record = summary.episodes[0]
+    assert record.interventions.get("stale", 0) > 0, "the scenario never produced a stale action"
+    oldest = {i: obs.oldest_ns for i, (_, obs, _) in enumerate(policy.calls)}
+    previous = policy.calls[0][1].T_commanded
+    for t, T in spy.moves:
+        code = round(delta_between(previous, T)[1] / marker) - 1
+        chunk = code // 3
+        # checked when the action is taken; the command follows within the target filter's ~1 ms
+        assert t - oldest[chunk] <= 252e6, f"action {code % 3} of chunk {chunk} ran {(t - oldest[chunk]) / 1e6} ms"
+        previous = T
+    assert len(spy.moves) > 5
+
+
+# ------------------------------------------------------------------------------------------------ policy server
+
+
+def test_server_killed_mid_episode(devices, cell, tmp_path):
+    """P1: `kill -9` of the dv-serve process while the arm streams (receding horizon, echo policy, targets at the
+    0.25 m/s cap): detection one deadline after the first unanswered request, no command after it, at rest within
+    500 ms of the kill, travel after detection ≤ L_max (50 mm), the episode marked aborted:policy_timeout and no
+    exception escapes."""
+    with echo_server(tmp_path / "serve.log") as (proc, endpoint):
+        policy = RemotePolicy(endpoint, robot_contract(SIZES, 15.0, 3), deadline_s=0.2)
+        runner, spy = make_runner(devices, cell, policy, mode="receding", max_episode_s=8.0)
+        with Sampler(devices[0]) as sampler:
+            thread, out = run_in_thread(runner)
+            deadline = time.monotonic() + 10
+            while len(spy.moves) < 15 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            kill_ns = time.monotonic_ns()
+            proc.send_signal(signal.SIGKILL)
+            thread.join(15)
+            time.sleep(0.2)
+        runner.close()
+    assert not thread.is_alive() and out, "the run did not return"
+    record: Any = out[0].episodes[0]
+    assert record.outcome == "aborted:policy_timeout"
+    detection = min(t for t in spy.stops if t > kill_ns)
+    times, pos = sampler.after(kill_ns - 100_000_000)
+    speed = np.linalg.norm(pos[times <= kill_ns][-1] - pos[0]) / ((times[times <= kill_ns][-1] - times[0]) / 1e9)
+    rest_s, travel = sampler.rest_time(kill_ns), sampler.travel(detection)
+    print(f"\nP1: TCP speed at the kill {speed:.3f} m/s; detection {(detection - kill_ns) / 1e6:.0f} ms; "
+          f"at rest {rest_s * 1e3:.0f} ms after the kill; travel after detection {travel * 1e3:.1f} mm")
+    # The first request after the kill goes out on the next tick; it is declared lost one deadline later.
+    assert (detection - kill_ns) / 1e9 <= 1 / 15 + 0.2 + 0.03
+    assert all(t < detection for t, _ in spy.moves), "a command was sent after the deadline"
+    assert rest_s <= 0.5
+    assert travel <= 0.05
+    assert record.latency_ms["tick_period"]["max"] < 2 * 1000 / 15 + 50  # P2: the loop never waits on the network
+
+
+def test_remote_policy_maps_failures_to_typed_outcomes():
+    """P7, P8, P13 and P2 at the policy boundary (real ZeroMQ, an in-process server): a refused contract, an
+    observation the server rejects, a lost session and a late reply each come back as a typed `PolicyFailure`,
+    never as an exception."""
+    images = {n: np.zeros((h, w, 3), np.uint8) for n, (h, w) in SIZES.items()}
+
+    def obs(images: dict) -> Observation:
+        t = time.monotonic_ns()
+        return Observation(np.zeros(7, np.float32), images, {"state": t, "static": t, "wrist": t}, np.eye(4), np.eye(4))
+
+    server = PolicyServer(EchoBackend(echo_contract(), delay_s=0.0), "tcp://127.0.0.1:*")
+    slow = PolicyServer(EchoBackend(echo_contract(), delay_s=0.4), "tcp://127.0.0.1:*")
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (server, slow)]
+    for t in threads:
+        t.start()
+    try:
+        wrong = RemotePolicy(server.endpoint, robot_contract({"static": (48, 64)}, 15.0, 3), deadline_s=0.2)
+        assert wrong.reset("x").kind == "contract"
+        wrong.close()
+        policy = RemotePolicy(server.endpoint, robot_contract(SIZES, 15.0, 3), deadline_s=0.2)
+        assert policy.infer(obs(images)).kind == "session_lost"  # no reset: the server holds no session (P7)
+        assert policy.reset("pick up the bottle") is None
+        assert isinstance(policy.infer(obs(images)), PolicyChunk)
+        bad = {n: np.zeros((10, 10, 3), np.uint8) for n in SIZES}
+        failure = policy.infer(obs(bad))
+        assert isinstance(failure, PolicyFailure) and failure.kind == "server_error"  # P13 / P8
+        policy.close()
+        late = RemotePolicy(slow.endpoint, robot_contract(SIZES, 15.0, 3), deadline_s=0.2)
+        assert late.reset("x") is None
+        assert late.infer(obs(images)).kind == "timeout"  # P2: a reply later than the deadline is never used
+        late.close()
+    finally:
+        for s in (server, slow):
+            s.stop()
+        for t in threads:
+            t.join(5)
+
+
+# ------------------------------------------------------------------------------------------------ e-stop hook
+
+
+def test_request_stop_stops_at_once_and_latches(devices, cell):
+    """E1 (the runner's side of it): `request_stop` from another thread issues the stop within 10 ms, the arm is
+    at rest within 500 ms with ≤ 50 mm overtravel, no command follows, and the run ends — a latched stop never
+    restarts motion, so the second planned episode does not start."""
+    runner, spy = make_runner(devices, cell, FnPolicy(constant([0.02, 0.0, 0.0, 0, 0, 0, 1])), mode="receding",
+                              max_episode_s=6.0)
+    with Sampler(devices[0]) as sampler:
+        thread, out = run_in_thread(runner, episodes=2)
+        deadline = time.monotonic() + 10
+        while len(spy.moves) < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        press = time.monotonic_ns()
+        runner.request_stop("test")
+        issued = min(t for t in spy.stops if t >= press)
+        thread.join(10)
+        time.sleep(0.2)
+    runner.close()
+    summary: RunSummary = out[0]
+    rest_s, travel = sampler.rest_time(press), sampler.travel(press)
+    print(f"\nE1 hook: stop issued {(issued - press) / 1e6:.2f} ms after the request; at rest {rest_s * 1e3:.0f} ms; "
+          f"overtravel {travel * 1e3:.1f} mm")
+    assert (issued - press) / 1e6 <= 10
+    assert [e.outcome for e in summary.episodes] == ["aborted:estop"]
+    assert summary.stopped.startswith("stop latched")
+    assert all(t < issued for t, _ in spy.moves)
+    assert rest_s <= 0.5 and travel <= 0.05
+    devices[1].clear_fault()
+
+
+def test_estop_listener_is_checked_every_tick(devices, cell):
+    """E2 (the runner's hook): the listener is checked on every tick; on the tick it reports STOPPED (heartbeat
+    lost) the stop is issued and latched, no command follows, and no later episode starts. The status sink (the
+    console's panel) sees RUN, then STOP with the e-stop's view."""
+    estop, statuses = FakeEStop(stop_at=6), []
+    sink = type("Sink", (), {"publish": lambda self, status: statuses.append(status)})()
+    runner, spy = make_runner(devices, cell, FnPolicy(constant([0.005, 0, 0, 0, 0, 0, 1])), mode="receding",
+                              estop=estop, status=sink)
+    summary = runner.run(2)
+    runner.close()
+    assert estop.begun == 1
+    assert [e.outcome for e in summary.episodes] == ["aborted:estop"]
+    assert len(spy.moves) == 3  # checks 1-2 start the run; ticks 1-3 move; tick 4 (check 6) stops
+    assert runner.stop_reason == "e-stop STOPPED (heartbeat_timeout)" and devices[1].state.fault is not None
+    assert [s.state.value for s in statuses][:2] == ["PAUSE", "RUN"]
+    assert statuses[-1].state.value == "STOP" and statuses[-1].estop == "STOPPED (heartbeat_timeout)"
+    devices[1].clear_fault()
+
+
+class FailingScene(SimScene):
+    def check_success(self) -> bool:
+        raise RuntimeError("a bug in the scene")
+
+
+def test_bug_in_the_loop_becomes_safe_hold(devices, cell):
+    """S1: an exception inside a tick (here the scene's success check) is caught: the arm is stopped, the episode
+    aborted with the exception's type, the run ends for the operator; nothing escapes `run`."""
+    gripper = devices[1]
+    runner, spy = make_runner(devices, cell, FnPolicy(constant([0.005, 0, 0, 0, 0, 0, 1])), scene=FailingScene,
+                              success_check_period_s=0.3)
+    summary = runner.run(2)
+    runner.close()
+    assert [e.outcome for e in summary.episodes] == ["aborted:exception:RuntimeError"]
+    assert spy.stops and gripper.state.fault is not None
+    assert "a bug in the scene" in summary.stopped
+    gripper.clear_fault()
+
+
+# ------------------------------------------------------------------------------------------------ normal operation
+
+
+def test_scripted_expert_succeeds_through_the_envelope(devices, cell):
+    """P3 (normal operation): the sim's scripted expert, expressed as chunks in the action convention, picks the
+    bottle through the same loop and envelope the policy uses; the tick period stays at 66.7 ms."""
+    from robot.policy import ScriptedPolicy
+    from robot.sim.experts import ScriptedExpert, plan_task
+
+    policy = ScriptedPolicy(lambda T0: ScriptedExpert(plan_task(cell.task, cell.state()), T0, rate_hz=15.0,
+                                                      max_angular_speed=0.45), 15.0)
+    runner, _ = make_runner(devices, cell, policy, max_episode_s=20.0)
+    summary = runner.run(1)
+    runner.close()
+    record = summary.episodes[0]
+    period = record.latency_ms["tick_period"]
+    print(f"\nP3: {record.outcome} in {record.duration_s:.1f} s; tick period p50 {period['p50']:.1f} ms "
+          f"p99 {period['p99']:.1f} ms max {period['max']:.1f} ms; interventions {record.interventions}")
+    assert record.outcome == "success" and record.success
+    assert abs(period["p50"] - 1000 / 15) < 2
+
+
+# ------------------------------------------------------------------------------------------------ fake arm
+
+
+class FakeArm:
+    """What franky-sim cannot do: a reflex or communication error at chosen (episode, poll) pairs — poll 1 is the
+    check before the episode, poll n + 1 is tick n — and a latched Reflex mode. Positions follow the last target
+    at once; every call is counted."""
+
+    def __init__(self, errors_at: tuple[tuple[int, int], ...] = (), message: str = "cartesian_reflex") -> None:
+        self.T = np.diag([1.0, -1.0, -1.0, 1.0])
+        self.T[:3, 3] = [0.31, 0.0, 0.49]
+        self.errors_at, self.message = errors_at, message
+        self.reads = self.polls = self.recovers = self.episode = self.episode_polls = 0
+        self.moves: list[np.ndarray] = []
+        self.stops = 0
+        self.mode = "Idle"
+
+    def read_state(self) -> ArmState:
+        self.reads += 1
+        return ArmState(self.T.copy(), self.T[:3, 3].copy(), np.array([1.0, 0, 0, 0]), np.array([np.pi, 0, 0]),
+                        np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]), np.zeros(7), np.zeros(6),
+                        np.zeros(6), self.mode, (), 0, time.monotonic_ns())
+
+    def poll_error(self) -> ArmError | None:
+        self.polls += 1
+        self.episode_polls += 1
+        if (self.episode, self.episode_polls) in self.errors_at:
+            self.mode = "Reflex"
+            return ArmError("ControlException", f"libfranka: Move command aborted: motion aborted by reflex! "
+                                                f"[\"{self.message}\"]", "motion", time.monotonic_ns())
+        return None
+
+    def move_to(self, T: np.ndarray, asynchronous: bool = True, dynamics_factor: float = 1.0) -> bool:
+        self.moves.append(T.copy())
+        self.T = T.copy()
+        return self.mode != "Reflex"
+
+    def move_joints(self, q, asynchronous: bool = True, dynamics_factor: float = 1.0) -> bool:
+        return True
+
+    def stop(self) -> bool:
+        self.stops += 1
+        return True
+
+    def wait(self, timeout_s: float) -> bool:
+        return True
+
+    def recover(self) -> bool:
+        self.recovers += 1
+        self.mode = "Idle"
+        return True
+
+
+class FakeGripper:
+    def __init__(self) -> None:
+        self.fault: str | None = None
+        self.commands: list[str] = []
+
+    def open(self) -> bool:
+        self.commands.append("open")
+        return self.fault is None
+
+    def close(self) -> bool:
+        self.commands.append("close")
+        return self.fault is None
+
+    @property
+    def state(self) -> GripperState:
+        return GripperState(0.08, False, True, False, self.fault, time.monotonic_ns())
+
+    def latch_fault(self, reason: str) -> None:
+        self.fault = self.fault or reason
+
+    def clear_fault(self) -> None:
+        self.fault = None
+
+
+class FakeScene:
+    def __init__(self, arm: FakeArm) -> None:
+        self.arm, self.resets = arm, 0
+
+    def reset(self, episode: int) -> str:
+        self.resets += 1
+        self.arm.episode, self.arm.episode_polls = episode, 0
+        return "pick up the bottle"
+
+    def check_success(self) -> bool:
+        return False
+
+    def verdict(self) -> bool:
+        return False
+
+
+def fake_runner(arm: FakeArm, safety: SafetyConfig | None = None,
+                max_episode_s: float = 1.0) -> tuple[Runner, FakeGripper, FakeScene]:
+    gripper, scene = FakeGripper(), FakeScene(arm)
+    runner = Runner(RunnerConfig(max_episode_s=max_episode_s), safety or SafetyConfig(), arm=arm, gripper=gripper,
+                    cameras={}, policy=FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1])), scene=scene, task="pick_bottle")
+    return runner, gripper, scene
+
+
+def test_reflex_is_safe_hold_without_automatic_recovery():
+    """R1 + R7: a reflex surfaces through `poll_error` (called on every tick) within one tick: SAFE-HOLD, no
+    command after it, gripper latched, no automatic recovery, and the run stops for the operator."""
+    arm = FakeArm(errors_at=((1, 8),))  # on tick 7
+    runner, gripper, scene = fake_runner(arm)
+    summary = runner.run(3)
+    runner.close()
+    assert [e.outcome for e in summary.episodes] == ["aborted:arm_error"]
+    assert summary.stopped.startswith("needs operator") and "cartesian_reflex" in summary.stopped
+    assert len(arm.moves) == 6  # the commands of the 6 ticks before the error, none after
+    assert arm.recovers == 0 and arm.stops >= 1 and gripper.fault is not None
+    assert arm.polls == summary.episodes[0].ticks + 1  # every tick, plus the check before the episode
+
+
+def test_allow_listed_error_is_recovered_once_between_episodes():
+    """R2: an allow-listed error (communication_constraints_violation) aborts its episode, then is recovered once
+    between episodes (recover_from_errors + mode check) and the next episode runs; a second one is not recovered."""
+    arm = FakeArm(errors_at=((1, 5), (3, 5)), message="communication_constraints_violation")
+    safety = SafetyConfig(auto_recover_errors=("communication_constraints_violation",), max_auto_recoveries=1)
+    runner, _, scene = fake_runner(arm, safety=safety, max_episode_s=0.5)
+    summary = runner.run(4)
+    runner.close()
+    assert arm.recovers == 1 and scene.resets == 3
+    assert [e.outcome for e in summary.episodes] == ["aborted:arm_error", "failure", "aborted:arm_error"]
+    assert summary.stopped.startswith("needs operator")
+
+
+class FakeEStop:
+    """The e-stop listener's interface: RUN until check `stop_at`, then STOPPED (heartbeat lost)."""
+
+    def __init__(self, stop_at: int) -> None:
+        self.checks, self.stop_at, self.begun = 0, stop_at, 0
+
+    def check(self, now_ns: int | None = None) -> EStopState:
+        self.checks += 1
+        if self.checks >= self.stop_at:
+            return EStopState(EStopMode.STOPPED, StopReason.HEARTBEAT_TIMEOUT, now_ns, now_ns, 1)
+        return EStopState(EStopMode.RUN)
+
+    def begin_motion(self, now_ns: int | None = None) -> EStopState:
+        self.begun += 1
+        return self.check(now_ns)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def test_cli_runs_a_sim_episode_and_writes_the_summary(tmp_path):
+    """The command line end to end in a fresh process (sim workcell, 640x480 cameras, a replayed policy): exit
+    code 0, the summary table, the JSON file, and no torch imported anywhere on the robot side."""
+    actions = np.zeros((20, 7))
+    actions[:, 0], actions[:, 6] = 0.005, 1.0
+    np.save(tmp_path / "replay.npy", actions)
+    summary = tmp_path / "summary.json"
+    code = ("import sys; from robot.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code, "run", "pick_bottle", "--sim", "--policy", "replay",
+                             "--replay", str(tmp_path / "replay.npy"), "--summary", str(summary)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "safety interventions by rule" in result.stdout
+    import json
+
+    data = json.loads(summary.read_text())
+    assert data["totals"]["episodes"] == 1 and data["episodes"][0]["steps"] >= 10
