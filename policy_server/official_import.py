@@ -31,6 +31,7 @@ from policy_server.model.config import (
     ResamplerConfig,
     preset,
 )
+from policy_server.model.backbone import CONV1D_WEIGHT
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import (
     CLIP_REPO,
@@ -62,7 +63,7 @@ _DROPPED: dict[str, str] = {
     "gripper_action_decoder.": _SEER_HEAD,
 }
 # GPT-2 `Conv1D` weights: stored [in, out], ours are nn.Linear [out, in].
-_CONV1D = re.compile(r"transformer_backbone\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
+_CONV1D = re.compile(r"transformer_backbone\." + CONV1D_WEIGHT.pattern)
 # Backbone width -> heads of the official scripts (the width alone does not determine it).
 _HEADS = {1024: 16, 384: 12}
 _DIT_HEAD_DIM = 64  # DiT-S/B/L all use 64-wide heads

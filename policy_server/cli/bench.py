@@ -12,6 +12,7 @@ from rich.table import Table
 
 from policy_server.bench import serve_latency
 from policy_server.cli.common import run_subcommand
+from robot import bench as robot_bench
 
 if TYPE_CHECKING:
     from policy_server.bench.model_latency import BenchResult
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="wire overhead, transport vs openpi's, throughput with batching on/off")
     serve_latency.add_arguments(p)
     p.set_defaults(func=serve_latency.command)
+
+    p = sub.add_parser("robot", help="control loop in the sim workcell: tick jitter, latency, e-stop, velocity jumps")
+    robot_bench.add_arguments(p)
+    p.set_defaults(func=robot_bench.command)
     return parser
 
 

@@ -7,6 +7,9 @@ Names follow HF GPT-2 (`h.N.ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp.c_
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,3 +71,33 @@ class Backbone(nn.Module):
         for block in self.h:
             x = block(x, mask)
         return self.ln_f(x)
+
+
+# GPT-2 `Conv1D` weights are stored [in, out]; ours are nn.Linear [out, in].
+CONV1D_WEIGHT = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
+
+
+def from_gpt2_layout(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A GPT-2 transformer's block weights in our layout; its token/position embeddings and causal
+    buffers are dropped (the backbone has neither: time embedding and structured mask replace them)."""
+    keep = {k: v for k, v in state.items() if k.startswith(("h.", "ln_f.")) and not k.endswith((".attn.bias",
+                                                                                                ".attn.masked_bias"))}
+    return {k: v.t().contiguous() if CONV1D_WEIGHT.fullmatch(k) else v for k, v in keep.items()}
+
+
+def load_gpt2_weights(backbone: Backbone, source: str) -> None:
+    """Initialise the backbone from a local GPT-2 checkpoint whose widths match the config."""
+    from transformers import GPT2Model
+
+    from policy_server.model.text import MissingWeightsError
+
+    try:
+        gpt2 = GPT2Model.from_pretrained(source, local_files_only=True)
+    except OSError as exc:
+        raise MissingWeightsError(f"GPT-2 weights not found at {source!r} (local path or Hugging Face cache): "
+                                  "download e.g. 'gpt2-medium' and point backbone.pretrained at it") from exc
+    try:
+        backbone.load_state_dict(from_gpt2_layout(gpt2.state_dict()), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"GPT-2 at {source!r} does not fit the backbone config: {exc}") from exc
+

@@ -77,6 +77,9 @@ class BackboneConfig(Strict):
     layers: int = 24
     heads: int = 16
     dropout: float = 0.1
+    # Local directory or HF-cache repo id of a GPT-2 (e.g. gpt2-medium) to start from. None, as the
+    # released code: its backbone is random-initialised and robot-pretrained (import Seer/DreamVLA).
+    pretrained: str | None = None
 
 
 class DecoderConfig(Strict):

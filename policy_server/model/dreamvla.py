@@ -17,7 +17,7 @@ from torch import nn
 
 from policy_server.model.action_head import ActionHead
 from policy_server.model.attention_mask import build_attention_mask, step_layout
-from policy_server.model.backbone import Backbone
+from policy_server.model.backbone import Backbone, load_gpt2_weights
 from policy_server.model.config import ModelConfig
 from policy_server.model.knowledge import (
     build_decoders,
@@ -76,6 +76,8 @@ class DreamVLA(nn.Module):
         self.embedding_layer_norm = nn.LayerNorm(h)
         # ---- backbone and heads
         self.backbone = Backbone(cfg.backbone)
+        if load_pretrained and cfg.backbone.pretrained is not None:
+            load_gpt2_weights(self.backbone, cfg.backbone.pretrained)
         self.action_head = ActionHead(h, cfg.action.chunk, cfg.action.dim, cfg.action_head)
         self.decoders = build_decoders(cfg) if with_decoders else None
         layout = step_layout(cfg.context_tokens, [(m, per_modality) for m in cfg.dream_order], cfg.action.chunk)

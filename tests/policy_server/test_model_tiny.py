@@ -152,3 +152,29 @@ def test_batched_step_equals_each_episode_alone(tiny_cfg):
         for e, chunk, noise in zip(members, chunks, noises, strict=True):
             reference = engine.step(alone[e], observations[e][step], noise=noise)
             np.testing.assert_allclose(chunk, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_backbone_starts_from_a_local_gpt2(tiny_cfg, tmp_path):
+    """backbone.pretrained loads GPT-2 blocks (Conv1D transposed) and computes what GPT-2's blocks do."""
+    from transformers import GPT2Config, GPT2Model
+
+    from policy_server.model.text import MissingWeightsError
+
+    b = tiny_cfg.backbone
+    gpt2 = GPT2Model(GPT2Config(n_embd=b.hidden, n_layer=b.layers, n_head=b.heads, resid_pdrop=0.0,
+                                embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    cfg = tiny_cfg.model_copy(update={"backbone": b.model_copy(update={"pretrained": str(tmp_path / "gpt2")})})
+    model = DreamVLA(cfg, with_decoders=False, load_pretrained=True).eval()
+    x = torch.randn(2, 5, b.hidden)
+    with torch.no_grad():
+        ours = model.backbone(x, torch.ones(5, 5, dtype=torch.bool).tril())  # GPT-2's own causal pattern
+        h = x
+        for block in gpt2.h:
+            out = block(h)
+            h = out[0] if isinstance(out, tuple) else out
+        theirs = gpt2.ln_f(h)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    missing = cfg.model_copy(update={"backbone": b.model_copy(update={"pretrained": str(tmp_path / "none")})})
+    with pytest.raises(MissingWeightsError, match="gpt2-medium"):
+        DreamVLA(missing, with_decoders=False, load_pretrained=True)
