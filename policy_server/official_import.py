@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from policy_server.checkpoint import save_checkpoint
+from policy_server.model.backbone import CONV1D_WEIGHT
 from policy_server.model.config import (
     ActionHeadConfig,
     BackboneConfig,
@@ -31,7 +32,6 @@ from policy_server.model.config import (
     ResamplerConfig,
     preset,
 )
-from policy_server.model.backbone import CONV1D_WEIGHT
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import (
     CLIP_REPO,
