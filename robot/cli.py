@@ -41,8 +41,6 @@ log = logging.getLogger("dv-robot")
 
 DEFAULT_CKPT = Path("runs/robot-sim-tiny")
 SERVER_READY_TIMEOUT_S = 180.0
-SIM_MAX_FRAME_AGE_S = 0.2
-SIM_CAMERA_TIMEOUT_S = 0.5
 
 
 class UsageError(Exception):
@@ -142,14 +140,21 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raise UsageError(f"unknown sim task {args.task!r}; known: {', '.join(sorted(TASKS))}")
     if not sim and launch is None:
         raise UsageError("a real robot needs --launch FILE (robot address, camera serials, limits); or pass --sim")
-    # Without a launch file: the defaults, except that sim cameras render at 15 fps on the CPU (a D415 delivers
-    # 30 fps), so their frames may be twice as old before they count as stale.
-    safety = launch.safety if launch else SafetyConfig(max_frame_age_s=SIM_MAX_FRAME_AGE_S,
-                                                       camera_timeout_s=SIM_CAMERA_TIMEOUT_S)
+    # Without a launch file (sim only): the limits of launch/sim.yaml, the one place the sim's values live (its
+    # cameras render at 15 fps on the CPU, so frames may be older than a D415's before they count as stale).
+    safety = launch.safety if launch else sim_safety()
     overrides = {k: v for k, v in (("mode", args.mode), ("max_episode_s", args.max_episode_s)) if v is not None}
     runner = RunnerConfig.model_validate({**(launch.runner if launch else RunnerConfig()).model_dump(), **overrides})
     return _Plan(launch, sim, safety, runner, args.episodes or (launch.episodes if launch else 1),
                  args.server or (launch.server.address if launch else None))
+
+
+def sim_safety() -> SafetyConfig:
+    """The safety limits `dv-robot run --sim` uses without `--launch`: those of the shipped launch/sim.yaml."""
+    from robot.launch import load_launch_config
+    from robot.launch.config import DEFAULT_LAUNCH_FILE
+
+    return load_launch_config(DEFAULT_LAUNCH_FILE).safety
 
 
 def _devices(args: argparse.Namespace, plan: _Plan, stack: contextlib.ExitStack) -> tuple[Any, Any, dict[str, Any]]:
@@ -220,10 +225,13 @@ def _run(args: argparse.Namespace) -> RunSummary:
                         scene=_scene(args, cell, arm, gripper), task=args.task, policy_name=args.policy,
                         estop=estop, status=status)
         stack.callback(runner.close)  # also closes the policy
-        # Ctrl-C (or dv-launch's SIGINT): stop the arm and finish with the summary; the stop goes through the
-        # runner's own thread-safe hook, never through an exception in the middle of a tick.
-        signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=runner.request_stop,
-                                                                  args=("Ctrl-C", "interrupted")).start())
+        # Ctrl-C, dv-launch's SIGINT/SIGTERM, or PR_SET_PDEATHSIG's SIGTERM: stop the arm and finish with the
+        # summary, the episode recorded as aborted:interrupted. The stop goes through the runner's thread-safe
+        # hook on a thread of its own (the handler runs on the loop's thread, which may hold the runner's lock),
+        # never through an exception in the middle of a tick.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, _frame: threading.Thread(
+                target=runner.request_stop, args=(signal.Signals(signum).name, "interrupted")).start())
         console.print(f"[b]{args.task}[/b]: {plan.episodes} episode(s), {args.policy} policy, {cfg.mode} mode, "
                       f"{cfg.rate_hz:g} Hz, {'sim' if plan.sim else 'real robot'}")
         return runner.run(plan.episodes)

@@ -50,7 +50,10 @@ class CameraLike(Protocol):
 
 class StopSignal(Protocol):
     """The e-stop listener (`robot.estop.EStopListener`), owned by the loop's thread: `check` every tick (motion
-    only while `may_move`), `begin_motion` once at the operator's start of a run (ARMED -> RUN)."""
+    only while `may_move`), `begin_motion` once at the operator's start of a run (ARMED -> RUN).
+
+    Optionally also `poll(timeout_s) -> bool` (block until a message is waiting): when present the loop waits for
+    its next tick on it and applies a STOP the moment it arrives (≤ 10 ms) instead of at the next tick."""
 
     def check(self, now_ns: int | None = None) -> EStopState: ...
 
