@@ -91,7 +91,9 @@ class PolicyClient:
         self.server: HelloAck | None = None  # the last hello_ack; None until (re-)helloed
         self.counters: Counter[str] = Counter()  # timeouts, reconnects, discarded (late or foreign replies)
         self._seq = itertools.count()
-        self._ctx = zmq.Context()  # private: closing this client never touches another's sockets
+        # The process-wide context: a client dropped without close() (an exception in its owner) must not
+        # leave a private context whose garbage-collected term() blocks interpreter exit.
+        self._ctx = zmq.Context.instance()
         self._socket = self._connect()
 
     def _connect(self) -> zmq.Socket:
@@ -109,8 +111,7 @@ class PolicyClient:
         self.counters["reconnects"] += 1
 
     def close(self) -> None:
-        self._socket.close(linger=0)
-        self._ctx.term()
+        self._socket.close(linger=0)  # only this client's socket: the context is shared
 
     def __enter__(self) -> PolicyClient:
         return self

@@ -23,10 +23,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from arm_probes import Sampler, SpyArm
 
 from robot.estop import EStopListener, EStopMode, StopReason
 from robot.runner import Runner, RunnerConfig, RunSummary, SimScene
@@ -59,73 +59,6 @@ def devices(cell):
     with Arm(ArmConfig(host=cell.hostname, realtime="ignore", relative_dynamics_factor=0.1)) as arm, \
             Gripper(GripperConfig(host=cell.hostname)) as gripper:
         yield arm, gripper
-
-
-class SpyArm:
-    """The real `Arm`, with the time of every target sent and every stop issued."""
-
-    def __init__(self, arm: Any) -> None:
-        self.arm, self.moves, self.stops = arm, [], []
-
-    def move_to(self, T: np.ndarray, asynchronous: bool = True, dynamics_factor: float = 1.0) -> bool:
-        self.moves.append(time.monotonic_ns())
-        return self.arm.move_to(T, asynchronous, dynamics_factor)
-
-    def stop(self) -> bool:
-        self.stops.append(time.monotonic_ns())
-        return self.arm.stop()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.arm, name)
-
-
-class Sampler:
-    """The measured TCP at ~200 Hz on its own thread (the arm allows one thread besides the loop)."""
-
-    def __init__(self, arm: Any) -> None:
-        self.arm, self.samples = arm, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            s = self.arm.read_state()
-            self.samples.append((s.capture_ns, s.position.copy()))
-
-    def _after(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        samples = list(self.samples)
-        times = np.array([t for t, _ in samples])
-        pos = np.array([p for _, p in samples])
-        return times[times >= t_ns], pos[times >= t_ns]
-
-    def speed(self, t_ns: int, window_ns: int = 100_000_000) -> float:
-        """Mean TCP speed (m/s) over the `window_ns` before `t_ns`."""
-        times, pos = self._after(t_ns - window_ns)
-        times, pos = times[times <= t_ns], pos[times <= t_ns]
-        return float(np.linalg.norm(pos[-1] - pos[0]) / ((times[-1] - times[0]) / 1e9))
-
-    def at_rest(self, t_ns: int, tol_m: float = 0.001, hold_ns: int = 100_000_000) -> float | None:
-        """Seconds from `t_ns` to the first sample from which the TCP stays within `tol_m` for `hold_ns`."""
-        times, pos = self._after(t_ns)
-        for i in range(len(times)):
-            window = (times >= times[i]) & (times <= times[i] + hold_ns)
-            if times[-1] < times[i] + hold_ns:
-                return None
-            if np.all(np.linalg.norm(pos[window] - pos[i], axis=1) <= tol_m):
-                return (times[i] - t_ns) / 1e9
-        return None
-
-    def travel(self, t_ns: int) -> float:
-        _, pos = self._after(t_ns)
-        return float(np.max(np.linalg.norm(pos - pos[0], axis=1)))
 
 
 class ConsoleProcess:
@@ -213,7 +146,7 @@ def test_console_stop_issues_the_stop_within_10ms_and_reset_does_not_restart(dev
                 summary: RunSummary = out[0]
                 assert [e.outcome for e in summary.episodes] == ["aborted:estop"], summary.episodes
                 assert summary.stopped.startswith("stop latched: e-stop STOPPED (stop_command)")
-                assert all(t < issued for t in spy.moves)
+                assert all(t < issued for t in spy.move_times)
                 issue_ms.append((issued - sent) / MS)
                 stdin_ms.append((issued - t_write) / MS)
                 travel_mm.append(sampler.travel(sent) * 1e3)
@@ -227,7 +160,7 @@ def test_console_stop_issues_the_stop_within_10ms_and_reset_does_not_restart(dev
                 t_resume = time.monotonic_ns()
                 time.sleep(0.5)
                 assert listener.check().mode is EStopMode.ARMED  # not RUN: only a new start moves the robot
-                assert all(t < issued for t in spy.moves)
+                assert all(t < issued for t in spy.move_times)
                 assert sampler.travel(t_resume) <= 0.001
                 devices[1].clear_fault()
         finally:
@@ -270,7 +203,7 @@ def test_console_killed_latches_a_stop_and_the_arm_comes_to_rest(devices, cell, 
     assert state.latched and state.reason is StopReason.HEARTBEAT_TIMEOUT
     assert [e.outcome for e in summary.episodes] == ["aborted:estop"]
     assert "heartbeat_timeout" in summary.stopped
-    assert all(t < issued for t in spy.moves)
+    assert all(t < issued for t in spy.move_times)
     assert (issued - state.cause_ns) / MS <= 1000 / 15 + 10  # at most one tick after the silence deadline
     assert detect_ms <= 200 + 1000 / 15 + 10
     assert rest is not None and rest <= 0.5

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from arm_probes import Sampler, SpyArm
 
 from policy_server.echo import EchoBackend, echo_contract
 from policy_server.server import PolicyServer
@@ -60,66 +61,6 @@ def devices(cell):
     with Arm(ArmConfig(host=cell.hostname, realtime="ignore", relative_dynamics_factor=0.1)) as arm, \
             Gripper(GripperConfig(host=cell.hostname)) as gripper:
         yield arm, gripper
-
-
-class SpyArm:
-    """The real `Arm`, with every target sent and every stop issued recorded (time, pose)."""
-
-    def __init__(self, arm: Any) -> None:
-        self.arm = arm
-        self.moves: list[tuple[int, np.ndarray]] = []
-        self.stops: list[int] = []
-        self.start: np.ndarray | None = None
-
-    def move_to(self, T: np.ndarray, asynchronous: bool = True, dynamics_factor: float = 1.0) -> bool:
-        self.moves.append((time.monotonic_ns(), T.copy()))
-        return self.arm.move_to(T, asynchronous, dynamics_factor)
-
-    def stop(self) -> bool:
-        self.stops.append(time.monotonic_ns())
-        return self.arm.stop()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.arm, name)
-
-
-class Sampler:
-    """Samples the measured TCP at ~200 Hz on its own thread (the arm allows one thread besides the loop)."""
-
-    def __init__(self, arm: Any) -> None:
-        self.arm, self.samples = arm, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            s = self.arm.read_state()
-            self.samples.append((s.capture_ns, s.position.copy()))
-
-    def after(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        times = np.array([t for t, _ in self.samples])
-        pos = np.array([p for _, p in self.samples])
-        keep = times >= t_ns
-        return times[keep], pos[keep]
-
-    def rest_time(self, t_ns: int, tol_m: float = 0.001) -> float:
-        """Seconds from `t_ns` until the TCP stays within `tol_m` of where it ends (the last sample)."""
-        times, pos = self.after(t_ns)
-        moving = np.flatnonzero(np.linalg.norm(pos - pos[-1], axis=1) > tol_m)
-        return 0.0 if moving.size == 0 else (times[moving[-1] + 1] - t_ns) / 1e9
-
-    def travel(self, t_ns: int) -> float:
-        """Largest distance (m) from the position at `t_ns` reached afterwards."""
-        _, pos = self.after(t_ns)
-        return float(np.max(np.linalg.norm(pos - pos[0], axis=1)))
 
 
 class FnPolicy:
