@@ -24,13 +24,14 @@ import collections
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Literal, Self, TypeVar
+from typing import Literal, TypeVar
 
 import franky
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from scipy.spatial.transform import Rotation
+
+from robot.connection import Connectable
 
 _FAULT_MODES = frozenset({"Reflex", "UserStopped", "AutomaticErrorRecovery"})
 _ERROR_FLAGS = tuple(n for n in dir(franky.Errors) if isinstance(getattr(franky.Errors, n), property))
@@ -155,7 +156,7 @@ def check_rigid_transform(T: np.ndarray, tol: float = 1e-6) -> np.ndarray:
     return T
 
 
-class Arm:
+class Arm(Connectable):
     """A Franka arm: read state, stream Cartesian targets asynchronously, stop, surface errors, recover.
 
     Methods are safe to call from the control loop and one other thread (e.g. an e-stop listener calling
@@ -197,15 +198,6 @@ class Arm:
             # franky's destructor joins a running motion while holding the GIL (a deadlock against an in-process
             # franky-sim), so the connection is only released once the motion has ended.
             self._robot = None
-
-    def __enter__(self) -> Self:
-        self.connect()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.disconnect()
 
     # -- state -----------------------------------------------------------------------------------------------
 

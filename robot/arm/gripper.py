@@ -16,11 +16,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 import franky
 from pydantic import BaseModel, ConfigDict, Field
+
+from robot.connection import Connectable
 
 
 class GripperConfig(BaseModel):
@@ -52,7 +52,7 @@ class GripperState:
     capture_ns: int
 
 
-class Gripper:
+class Gripper(Connectable):
     """Open/close requests that return at once; a daemon worker turns them into franky commands."""
 
     def __init__(self, config: GripperConfig) -> None:
@@ -97,15 +97,6 @@ class Gripper:
                 return
         self._worker = None
         self._gripper = None
-
-    def __enter__(self) -> Self:
-        self.connect()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.disconnect()
 
     # -- the loop's side: never blocks on I/O --------------------------------------------------------------------
 

@@ -18,11 +18,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from robot.connection import Connectable
 
 
 class CameraError(RuntimeError):
@@ -136,7 +137,7 @@ class LatestFrame:
         return frame
 
 
-class Camera(ABC):
+class Camera(Connectable, ABC):
     """A connected source of `Frame`s. Subclasses implement connect/disconnect and fill `self._slot`.
 
     The default `read`/`read_latest` serve frames from a `LatestFrame` slot that a background capture thread
@@ -181,15 +182,6 @@ class Camera(ABC):
     def read_latest(self) -> Frame | None:
         """The newest frame, possibly one already returned, or None if none has arrived; never blocks."""
         return self._slot.latest()
-
-    def __enter__(self) -> Self:
-        self.connect()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.disconnect()
 
 
 _REGISTRY: dict[str, tuple[type[CameraConfig], type[Camera]]] = {}

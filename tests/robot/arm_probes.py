@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+# Real renders, small enough for a loaded 2-core machine.
+SMALL_CAMERA = {"width": 64, "height": 48, "depth": False}
+
 
 class SpyArm:
     """The real `Arm`, with every target sent (time, pose) and every stop issued (time) recorded."""

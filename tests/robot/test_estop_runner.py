@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,32 +32,11 @@ from robot.runner import Runner, RunnerConfig, RunSummary, SimScene
 from robot.safety import SafetyConfig
 
 pytest.importorskip("franky_sim")
-from robot.cameras.sim import SimCameraConfig  # noqa: E402 - needs franky-sim's MuJoCo
-from robot.sim.workcell import SimWorkcell  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "tcp://127.0.0.1:*"
-SMALL = {"width": 64, "height": 48, "depth": False}
 MS = 1e6
 TRIALS = 3
-
-
-@pytest.fixture(scope="module")
-def cell() -> Iterator[SimWorkcell]:
-    cameras = [SimCameraConfig(name=n, **SMALL) for n in ("static", "wrist")]
-    with SimWorkcell(task="pick_bottle", seed=0, cameras=cameras) as c:
-        for camera in c.cameras.values():
-            camera.connect()
-        yield c
-
-
-@pytest.fixture(scope="module")
-def devices(cell):
-    from robot.arm import Arm, ArmConfig, Gripper, GripperConfig
-
-    with Arm(ArmConfig(host=cell.hostname, realtime="ignore", relative_dynamics_factor=0.1)) as arm, \
-            Gripper(GripperConfig(host=cell.hostname)) as gripper:
-        yield arm, gripper
 
 
 class ConsoleProcess:

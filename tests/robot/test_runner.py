@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from arm_probes import Sampler, SpyArm
+from arm_probes import SMALL_CAMERA, Sampler, SpyArm
 
 from policy_server.echo import EchoBackend, echo_contract
 from policy_server.server import PolicyServer
@@ -35,32 +35,12 @@ from robot.safety import Box, SafetyConfig
 
 pytest.importorskip("franky_sim")
 from robot.cameras.sim import SimCamera, SimCameraConfig  # noqa: E402 - needs franky-sim's MuJoCo
-from robot.sim.workcell import SimWorkcell  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = {"width": 64, "height": 48, "depth": False}  # real renders, cheap enough for a loaded 2-core machine
 SIZES = {"static": (48, 64), "wrist": (48, 64)}
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def cell() -> Iterator[SimWorkcell]:
-    cameras = [SimCameraConfig(name=n, **SMALL) for n in ("static", "wrist")]
-    with SimWorkcell(task="pick_bottle", seed=0, cameras=cameras) as c:
-        for camera in c.cameras.values():
-            camera.connect()
-        yield c
-
-
-@pytest.fixture(scope="module")
-def devices(cell):
-    from robot.arm import Arm, ArmConfig, Gripper, GripperConfig
-
-    with Arm(ArmConfig(host=cell.hostname, realtime="ignore", relative_dynamics_factor=0.1)) as arm, \
-            Gripper(GripperConfig(host=cell.hostname)) as gripper:
-        yield arm, gripper
 
 
 class FnPolicy:
@@ -182,7 +162,7 @@ def test_stale_chunks_never_execute(devices, cell):
     """O6: with cameras delivering 4 fps (frames up to ~250 ms old, allowed in), any action whose observation is
     older than 250 ms when it would start is dropped: every command sent traces back to a chunk whose oldest
     stream was at most 250 ms old at that moment, and drops are counted as 'stale'."""
-    cameras = {n: SimCamera(SimCameraConfig(name=n, fps=4, **SMALL), source=cell) for n in ("static", "wrist")}
+    cameras = {n: SimCamera(SimCameraConfig(name=n, fps=4, **SMALL_CAMERA), source=cell) for n in ("static", "wrist")}
     for camera in cameras.values():
         camera.connect()
     marker = 1e-6  # action k of call i moves dy = (3i + k + 1) µm: each command names its chunk and step
