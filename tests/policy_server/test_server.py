@@ -7,7 +7,6 @@ run `python -m policy_server.cli.serve` and kill, stop, continue or terminate it
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from serve_process import spawned
 
 from policy_server.bind_policy import is_loopback
 from policy_server.client import ContractMismatch, PolicyClient, PolicyTimeout, ServerError, SessionLost
@@ -77,25 +77,6 @@ def serving(backend, bind: str = "tcp://127.0.0.1:*", **kwargs) -> Iterator[Poli
         server.stop()
         thread.join(10)
         assert not thread.is_alive(), "serve_forever did not return after stop()"
-
-
-@contextmanager
-def spawned(log: Path, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m policy_server.cli.serve ARGS` and the endpoint from its READY line."""
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    with log.open("a") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "policy_server.cli.serve", *args], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 90)
-        line = proc.stdout.readline() if ready else ""
-        assert line.startswith("READY "), f"no READY line ({line!r}); server log:\n{log.read_text()}"
-        yield proc, line.split()[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
 
 
 def raw_exchange(endpoint: str, *requests: Message, replies: int | None = None, timeout_s: float = 10.0

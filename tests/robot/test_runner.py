@@ -8,21 +8,20 @@ travel after detection, tick jitter) are printed with `-s`.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from arm_probes import SMALL_CAMERA, Sampler, SpyArm
+from serve_process import spawned
 
 from policy_server.echo import EchoBackend, echo_contract
 from policy_server.server import PolicyServer
@@ -86,25 +85,6 @@ def run_in_thread(runner: Runner, episodes: int = 1) -> tuple[threading.Thread, 
 
 def inside(p: np.ndarray, box: Box, tol: float = 1e-9) -> bool:
     return bool(np.all(p >= np.array(box.lo) - tol) and np.all(p <= np.array(box.hi) + tol))
-
-
-@contextlib.contextmanager
-def echo_server(log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m policy_server.cli.serve --echo` as a subprocess, and its endpoint."""
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "policy_server.cli.serve", "--echo", "--bind",
-                                 "tcp://127.0.0.1:*"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else ""
-        assert line.startswith("READY "), f"no READY line ({line!r}); log:\n{log.read_text()}"
-        yield proc, line.split()[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
 
 
 # ------------------------------------------------------------------------------------------------ bad actions
@@ -204,7 +184,7 @@ def test_server_killed_mid_episode(devices, cell, tmp_path):
     0.25 m/s cap): detection one deadline after the first unanswered request, no command after it, at rest within
     500 ms of the kill, travel after detection ≤ L_max (50 mm), the episode marked aborted:policy_timeout and no
     exception escapes."""
-    with echo_server(tmp_path / "serve.log") as (proc, endpoint):
+    with spawned(tmp_path / "serve.log", "--echo", "--bind", "tcp://127.0.0.1:*") as (proc, endpoint):
         policy = RemotePolicy(endpoint, robot_contract(SIZES, 15.0, 3), deadline_s=0.2)
         runner, spy = make_runner(devices, cell, policy, mode="receding", max_episode_s=8.0)
         with Sampler(devices[0]) as sampler:
