@@ -1,4 +1,5 @@
-"""`dv-serve` as a child process for tests that must kill, stop or signal the server."""
+"""Policy servers for tests: in a thread of the test process, or as a child process (to kill, stop or
+signal it)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import os
 import select
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from policy_server.server import PolicyServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +35,18 @@ def spawned(log: Path, *args: str, ready_timeout_s: float = 90) -> Iterator[tupl
             proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+@contextmanager
+def serving(backend: Any, bind: str = "tcp://127.0.0.1:*", **kwargs: Any) -> Iterator[PolicyServer]:
+    """A server in a thread of this process, stopped (and checked to have stopped) on exit."""
+    server = PolicyServer(backend, bind, **kwargs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "serve_forever did not return after stop()"
+

@@ -26,8 +26,6 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from types import TracebackType
-from typing import Self
 
 import zmq
 
@@ -38,6 +36,7 @@ from robot.estop.wire import (
     MAX_HEARTBEAT_BYTES,
     Command,
     Heartbeat,
+    SocketEndpoint,
     WireError,
     check_endpoint,
     decode_heartbeat,
@@ -100,7 +99,7 @@ class EStopState:
         return f"{self.mode.value} ({self.reason.value})" if self.reason and self.latched else self.mode.value
 
 
-class EStopListener:
+class EStopListener(SocketEndpoint):
     """Binds the heartbeat SUB socket and turns heartbeats into an `EStopState`.
 
     required=False (sim): the robot may move with no console at all; once a console is heard, the same rules
@@ -166,15 +165,6 @@ class EStopListener:
             self._state = replace(state, mode=EStopMode.RUN)
         return self._state
 
-    def close(self) -> None:
-        self._sock.close(linger=0)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # ------------------------------------------------------------------------------------- internals
 

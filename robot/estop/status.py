@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 import zmq
 
@@ -19,6 +17,7 @@ from robot.estop.wire import (
     MAX_STATUS_BYTES,
     STATUS_ENDPOINT,
     RobotStatus,
+    SocketEndpoint,
     StatusEnvelope,
     WireError,
     check_endpoint,
@@ -30,7 +29,7 @@ from robot.estop.wire import (
 log = logging.getLogger(__name__)
 
 
-class StatusPublisher:
+class StatusPublisher(SocketEndpoint):
     """`publish(status)` stamps a sequence number and the monotonic send time and never blocks."""
 
     def __init__(self, endpoint: str = STATUS_ENDPOINT, *, allow_remote: bool = False,
@@ -48,15 +47,6 @@ class StatusPublisher:
         self._seq += 1
         self._sock.send(raw, zmq.NOBLOCK)  # PUB drops for an absent or slow console; it never blocks
 
-    def close(self) -> None:
-        self._sock.close(linger=0)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
@@ -71,7 +61,7 @@ class ReceivedStatus:
         return ((time.monotonic_ns() if now_ns is None else now_ns) - self.received_ns) * 1e-9
 
 
-class StatusSubscriber:
+class StatusSubscriber(SocketEndpoint):
     """The console's end: `poll()` returns the newest status (or the previous one if nothing new arrived)."""
 
     def __init__(self, endpoint: str = STATUS_ENDPOINT, context: zmq.Context | None = None) -> None:
@@ -95,5 +85,3 @@ class StatusSubscriber:
                 continue
             self.latest = ReceivedStatus(env.status, env.seq, time.monotonic_ns())
 
-    def close(self) -> None:
-        self._sock.close(linger=0)

@@ -22,13 +22,16 @@ otherwise.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
 
 import msgpack
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from policy_server.bind_policy import is_loopback
+
+M = TypeVar("M", bound=BaseModel)
 
 HEARTBEAT_ENDPOINT = "tcp://127.0.0.1:5560"
 STATUS_ENDPOINT = "tcp://127.0.0.1:5561"
@@ -128,11 +131,15 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
     return msgpack.packb(hb.model_dump(mode="python"), use_bin_type=True)
 
 
-def decode_heartbeat(raw: bytes) -> Heartbeat:
+def _decode(raw: bytes, schema: type[M], limit: int, what: str) -> M:
     try:
-        return Heartbeat.model_validate(_unpack(raw, MAX_HEARTBEAT_BYTES))
+        return schema.model_validate(_unpack(raw, limit))
     except ValidationError as exc:
-        raise WireError(f"bad heartbeat: {exc.errors(include_url=False)}") from None
+        raise WireError(f"bad {what}: {exc.errors(include_url=False)}") from None
+
+
+def decode_heartbeat(raw: bytes) -> Heartbeat:
+    return _decode(raw, Heartbeat, MAX_HEARTBEAT_BYTES, "heartbeat")
 
 
 def encode_status(envelope: StatusEnvelope) -> bytes:
@@ -140,10 +147,7 @@ def encode_status(envelope: StatusEnvelope) -> bytes:
 
 
 def decode_status(raw: bytes) -> StatusEnvelope:
-    try:
-        return StatusEnvelope.model_validate(_unpack(raw, MAX_STATUS_BYTES))
-    except ValidationError as exc:
-        raise WireError(f"bad status: {exc.errors(include_url=False)}") from None
+    return _decode(raw, StatusEnvelope, MAX_STATUS_BYTES, "status")
 
 
 def check_endpoint(endpoint: str, allow_remote: bool) -> None:
@@ -169,3 +173,21 @@ def make_socket(context: zmq.Context, kind: int, *, conflate: bool = False, hwm:
     if kind == zmq.SUB:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
     return sock
+
+
+class SocketEndpoint:
+    """An owner of one ZeroMQ socket that closes it without lingering (an e-stop path must never hang on
+    exit), directly or by leaving a `with` block."""
+
+    _sock: zmq.Socket
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+

@@ -6,29 +6,15 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from serve_process import serving
 
 from policy_server.bench import serve_latency as sl
 from policy_server.echo import EchoBackend, echo_contract
-from policy_server.server import PolicyServer
-
-
-@contextmanager
-def serving(backend: EchoBackend, **kwargs) -> Iterator[PolicyServer]:
-    server = PolicyServer(backend, "tcp://127.0.0.1:*", **kwargs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        thread.join(10)
 
 
 def check_overhead(wire: dict) -> None:

@@ -13,14 +13,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
-from serve_process import spawned
+from serve_process import serving, spawned
 
 from policy_server.bind_policy import is_loopback
 from policy_server.client import ContractMismatch, PolicyClient, PolicyTimeout, ServerError, SessionLost
@@ -63,20 +62,6 @@ def observation(contract: RobotContract, rng: np.random.Generator) -> tuple[dict
 
 def echo_of(state: np.ndarray) -> np.ndarray:
     return np.arange(1, 4, dtype=np.float32)[:, None] * state[None, :]
-
-
-@contextmanager
-def serving(backend, bind: str = "tcp://127.0.0.1:*", **kwargs) -> Iterator[PolicyServer]:
-    """A server in a thread of this process."""
-    server = PolicyServer(backend, bind, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        thread.join(10)
-        assert not thread.is_alive(), "serve_forever did not return after stop()"
 
 
 def raw_exchange(endpoint: str, *requests: Message, replies: int | None = None, timeout_s: float = 10.0
