@@ -367,6 +367,18 @@ def _until(listener: EStopListener, cond, timeout_s: float = 5.0):
     return state
 
 
+def _screen_shows(session: str, text: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+        if text in screen:
+            return True
+        if time.monotonic() > deadline:
+            print(screen)
+            return False
+        time.sleep(0.05)
+
+
 def test_console_process_without_tty(tmp_path):
     """E1 + E2 with the real `dv-estop` process: `stop` latches the robot within milliseconds, `resume` +
     `yes` arms it without motion, the robot's status is shown, `quit` latches, and a SIGKILLed console
@@ -422,9 +434,8 @@ def test_console_in_a_terminal_space_bar_stops(tmp_path):
             lst.begin_motion()
             subprocess.run(["tmux", "send-keys", "-t", session, "Space"], check=True)
             assert _until(lst, lambda s: s.latched).reason is StopReason.STOP_COMMAND
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                                    text=True).stdout
-            assert "STOP SENT" in screen
+            # the listener latches as soon as the STOP arrives; the panel redraws on its next tick after sending
+            assert _screen_shows(session, "STOP SENT", timeout_s=2.0)
             subprocess.run(["tmux", "send-keys", "-t", session, "y"], check=True)  # Y without R: nothing
             time.sleep(0.2)
             assert lst.check().latched
