@@ -11,11 +11,13 @@ turns every problem into a line naming the file and the field, e.g.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -57,6 +59,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _iso_timestamp(value: str) -> str:
+    """'' (never calibrated) or an ISO 8601 time with a UTC offset: a calibration's age must be computable."""
+    if value == "":
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError("timestamp", f"timestamp {value!r} is not ISO 8601 "
+                                  "(e.g. 2026-01-31T12:00:00+00:00)") from None
+    if parsed.tzinfo is None:
+        raise PydanticCustomError("timestamp", f"timestamp {value!r} has no UTC offset (append +00:00)")
+    return value
+
+
+# An unquoted timestamp in YAML loads as a datetime; accept it as the text it was.
+IsoTimestamp = Annotated[str, BeforeValidator(lambda v: v.isoformat() if isinstance(v, datetime) else v),
+                         AfterValidator(_iso_timestamp)]
+
+
 class RobotSection(_Section):
     kind: Literal["sim", "real"] = Field(description="'sim': the franky-sim workcell; 'real': a Panda/FR3.")
     arm: ArmConfig
@@ -67,8 +88,10 @@ class CalibratedPose(_Section):
 
     xyz: Vec3 | None = Field(None, description="Translation in metres.")
     quat_xyzw: Quat | None = Field(None, description="Rotation as a unit quaternion (x, y, z, w).")
-    timestamp: str = Field("", description="When the calibration ran (ISO 8601).")
+    timestamp: IsoTimestamp = Field("", description="When the calibration ran (ISO 8601 with a UTC offset).")
     hash: str = Field("", description="Hash of the calibration data that produced it.")
+    method: str = Field("", description="Hand-eye method that won on held-out poses (e.g. 'refined').")
+    reprojection_px: float | None = Field(None, ge=0, description="Held-out RMS reprojection error in pixels.")
 
     @field_validator("quat_xyzw")
     @classmethod
@@ -90,9 +113,39 @@ class CalibratedPose(_Section):
         return self.xyz is not None
 
 
+class CameraIntrinsics(_Section):
+    """One camera's colour-stream intrinsics (OpenCV convention) and depth scale, as `dv-calib intrinsics` stores
+    them: the factory values read from the device (or the sim's ground truth), or a ChArUco re-calibration."""
+
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    fx: float = Field(gt=0, description="Focal length in pixels.")
+    fy: float = Field(gt=0, description="Focal length in pixels.")
+    cx: float = Field(description="Principal point x in pixels; inside the image.")
+    cy: float = Field(description="Principal point y in pixels; inside the image.")
+    model: str = Field("none", description="Distortion model (librealsense's name, e.g. 'brown_conrady').")
+    coeffs: list[float] = Field(default_factory=list, max_length=14, description="Distortion coefficients.")
+    depth_scale_m: float | None = Field(None, gt=0, description="Metres per raw depth unit (0.001 for a D415).")
+    source: Literal["factory", "sim", "charuco"] = Field(description="Where the numbers come from.")
+    reprojection_px: float | None = Field(None, ge=0, description="RMS reprojection error (charuco only).")
+    timestamp: IsoTimestamp = Field(description="When they were read or estimated (ISO 8601 with a UTC offset).")
+    hash: str = Field("", description="Hash of the numbers.")
+
+    @model_validator(mode="after")
+    def _principal_point_inside(self) -> Self:
+        if not (0 <= self.cx < self.width and 0 <= self.cy < self.height):
+            raise PydanticCustomError("principal_point", f"principal point ({self.cx}, {self.cy}) lies outside "
+                                      f"the {self.width}x{self.height} image")
+        if not all(math.isfinite(c) for c in self.coeffs):
+            raise PydanticCustomError("coeffs_finite", "distortion coefficients must be finite numbers")
+        return self
+
+
 class Calibration(_Section):
     T_base_cam_static: CalibratedPose = Field(default_factory=CalibratedPose)
     T_ee_cam_wrist: CalibratedPose = Field(default_factory=CalibratedPose)
+    intrinsics: dict[Literal["static", "wrist"], CameraIntrinsics] = Field(
+        default_factory=dict, description="Per camera role, written by `dv-calib intrinsics`.")
 
 
 class ServerSection(_Section):
