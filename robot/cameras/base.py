@@ -48,6 +48,18 @@ class CameraConfig(BaseModel):
 
 
 @dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics of a colour image, OpenCV convention (pixel centres at integer coordinates)."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+
+@dataclass(frozen=True)
 class Frame:
     """One colour (+ depth) capture.
 

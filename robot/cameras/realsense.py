@@ -34,7 +34,7 @@ import numpy as np
 import pyrealsense2 as rs
 from pydantic import Field, model_validator
 
-from robot.cameras.base import Camera, CameraConfig, CameraError, Frame, register_camera
+from robot.cameras.base import Camera, CameraConfig, CameraError, Frame, Intrinsics, register_camera
 
 _BACKOFF_START_S = 0.25
 
@@ -69,6 +69,19 @@ class _Session:
     playback: rs.playback | None
     align: rs.align | None
     depth_to_mm: float  # raw z16 × this = millimetres (1.0 for a stock D415, whose depth unit is 1 mm)
+
+
+@dataclass(frozen=True)
+class FactoryIntrinsics(Intrinsics):
+    """The colour stream's intrinsics as the device reports them (its factory calibration) and the depth scale.
+
+    `dv-calib intrinsics` stores these in the launch config; depth is aligned to colour, so the colour
+    intrinsics are the ones that describe every pixel a `Frame` carries.
+    """
+
+    model: str  # librealsense's distortion model name, e.g. 'brown_conrady' or 'inverse_brown_conrady'
+    coeffs: tuple[float, ...]
+    depth_scale_m: float | None  # metres per raw z16 unit; None when the config has depth off
 
 
 @register_camera(RealSenseConfig)
@@ -113,6 +126,17 @@ class RealSenseCamera(Camera):
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+
+    def factory_intrinsics(self) -> FactoryIntrinsics:
+        """Read the colour intrinsics and depth scale from the running pipeline, or from a briefly opened one."""
+        session = self._session
+        if session is not None:
+            return _read_intrinsics(session)
+        session = self._open()
+        try:
+            return _read_intrinsics(session)
+        finally:
+            self._close(session)
 
     # -- the capture thread ----------------------------------------------------------------------------------
 
@@ -222,6 +246,17 @@ class RealSenseCamera(Camera):
             session.pipeline.stop()
         except RuntimeError:
             pass  # already stopped, or the device is gone: nothing left to release
+
+
+def _read_intrinsics(session: _Session) -> FactoryIntrinsics:
+    profile = session.pipeline.get_active_profile().get_stream(rs.stream.color).as_video_stream_profile()
+    i = profile.get_intrinsics()
+    depth_sensor = session.device.first_depth_sensor() if session.align is not None else None
+    return FactoryIntrinsics(
+        width=i.width, height=i.height, fx=i.fx, fy=i.fy, cx=i.ppx, cy=i.ppy, model=i.model.name,
+        coeffs=tuple(float(c) for c in i.coeffs),
+        depth_scale_m=float(depth_sensor.get_depth_scale()) if depth_sensor is not None else None,
+    )
 
 
 def _configure(device: rs.device, cfg: RealSenseConfig) -> None:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import mujoco
 import numpy as np
+
+from robot.cameras.base import Intrinsics
 
 
 def _gl_context_class() -> Any:
@@ -54,18 +55,6 @@ class StateSource(Protocol):
         Raises `SimulationStopped` when the simulation has shut down.
         """
         ...
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics of a rendered image, OpenCV convention (pixel centres at integer coordinates)."""
-
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
 
 
 def intrinsics_for(fovy_deg: float, width: int, height: int) -> Intrinsics:
