@@ -1,56 +1,104 @@
-"""`dv-calib handeye --camera wrist|static [--sim] [--poses N] [--out FILE]`.
+"""`dv-calib intrinsics | handeye | check`: calibrate the rig's two D415s and keep the results in the launch file.
 
-Writes a fragment for the launch config's `calibration` section: the extrinsic as xyz + quaternion xyzw
-(`T_ee_cam_wrist` or `T_base_cam_static`), the method, held-out reprojection error, a UTC timestamp and a
-sha256 hash of the numbers.
+- `intrinsics --launch FILE [--sim] [--charuco] [--camera ROLE] [--out FILE] [--write-launch FILE]`: each
+  camera's intrinsics and depth scale (factory values from the device, the sim's ground truth, or a ChArUco
+  re-calibration with its RMS reprojection error).
+- `handeye --camera wrist|static --sim [--poses N] [--out FILE] [--write-launch FILE]`: the extrinsic
+  (`T_ee_cam_wrist` or `T_base_cam_static`) as xyz + quaternion xyzw, the winning method, its held-out
+  reprojection error, a UTC timestamp and a hash of the numbers.
+- `check --launch FILE --camera wrist|static [--sim] [--max-age-h 1] [--tol-mm 2] [--tol-deg 0.5]`: exit 0
+  when the stored extrinsic is present, fresh and agrees with a re-measurement; 1 with the reason otherwise.
+
+Exit codes: 0 done / ok, 1 calibration refused or check failed, 2 usage error (bad arguments or launch file).
+Written entries go only into the file's `calibration:` section (`calibration.launch_file`).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
-from datetime import UTC, datetime
+from typing import Any
 
-from scipy.spatial.transform import Rotation
+from rich.console import Console
 
 from calibration.handeye import CalibrationError, HandEyeResult, calibrate, pose_error
+from calibration.record import pose_numbers, stamped
+
+console = Console(stderr=True, soft_wrap=True)  # messages name files: never wrap them
 
 
-def result_fragment(camera: str, result: HandEyeResult) -> dict:
-    T = result.best.T
-    key = "T_ee_cam_wrist" if camera == "wrist" else "T_base_cam_static"
-    pose = {"xyz": [round(float(v), 6) for v in T[:3, 3]],
-            "quat_xyzw": [round(float(v), 8) for v in Rotation.from_matrix(T[:3, :3]).as_quat()]}
-    body = {
-        key: pose,
-        "method": result.best.method,
-        "mode": result.mode,
-        "heldout_reprojection_px": round(result.best.reproj_px, 4),
-        "n_train": result.n_train,
-        "n_holdout": result.n_holdout,
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    body["hash"] = hashlib.sha256(json.dumps(pose, sort_keys=True).encode()).hexdigest()[:16]
-    return {"calibration": {camera: body}}
+class UsageError(Exception):
+    """Bad arguments or an unusable launch file: exit 2 with the message."""
+
+
+def result_fragment(camera: str, result: HandEyeResult) -> dict[str, Any]:
+    """`{"calibration": {"T_ee_cam_wrist" | "T_base_cam_static": entry}}`, the launch file's own shape."""
+    from calibration.check import EXTRINSIC_KEY
+
+    entry = stamped(pose_numbers(result.best.T), method=result.best.method,
+                    reprojection_px=round(result.best.reproj_px, 4))
+    return {"calibration": {EXTRINSIC_KEY[camera]: entry}}
+
+
+def _load(path: str | None, sim: bool) -> Any:
+    """The launch config at `path` (None: none given); `--sim` is refused with a real rig's file."""
+    if path is None:
+        return None
+    from robot.launch.config import LaunchConfigError, load_launch_config
+
+    try:
+        config = load_launch_config(path)
+    except LaunchConfigError as e:
+        raise UsageError(str(e)) from None
+    if sim and config.robot.kind != "sim":
+        raise UsageError(f"{path}: --sim needs a sim launch file (robot.kind: sim), this one is "
+                         f"{config.robot.kind!r}; sim results must not land in a real rig's file")
+    return config
+
+
+def _emit(fragment: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print or write the JSON fragment, and merge it into the launch file when asked."""
+    text = json.dumps(fragment, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+        console.print(f"wrote {args.out}")
+    elif not args.write_launch:
+        print(text)
+    if args.write_launch:
+        from calibration.launch_file import LaunchWriteError, write_calibration
+
+        try:
+            write_calibration(args.write_launch, fragment["calibration"])
+        except LaunchWriteError as e:
+            console.print(f"[red]{e}[/red]", highlight=False)
+            return 1
+        console.print(f"updated the calibration section of {args.write_launch}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ handeye
+
+
+def _measure_sim(camera: str, poses: int, noise_px: float, seed: int) -> tuple[HandEyeResult, Any]:
+    from calibration.sim_board import collect_sim
+
+    col = collect_sim(camera, n_poses=poses, noise_px=noise_px, seed=seed)
+    console.print(f"{len(col.observations)} usable poses ({col.skipped_unreachable} unreachable, "
+                  f"{col.skipped_not_visible} without the board in view)")
+    return calibrate(col.observations, col.mode, col.K), col
 
 
 def _handeye(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
-    if not args.sim:
-        console.print("[red]hand-eye on the real arm is not implemented yet; use --sim[/red]")
-        return 2
-    from calibration.sim_board import collect_sim
-
-    col = collect_sim(args.camera, n_poses=args.poses, noise_px=args.noise_px, seed=args.seed)
-    console.print(f"{len(col.observations)} usable poses ({col.skipped_unreachable} unreachable, "
-                  f"{col.skipped_not_visible} without the board in view)")
+    config = _load(args.write_launch, args.sim)
+    sim = args.sim or (config is not None and config.robot.kind == "sim")
+    if not sim:
+        raise UsageError("hand-eye on the real arm is not implemented yet: it needs --sim (and a sim launch file)")
     try:
-        result = calibrate(col.observations, col.mode, col.K)
+        result, col = _measure_sim(args.camera, args.poses, args.noise_px, args.seed)
     except CalibrationError as e:
         console.print(f"[red]calibration refused: {e}[/red]")
         return 1
@@ -59,31 +107,144 @@ def _handeye(args: argparse.Namespace) -> int:
         dt, dr = pose_error(r.T, col.T_true)
         table.add_row(m, f"{r.reproj_px:.3f}", f"{dt * 1e3:.2f}", f"{dr:.3f}")
     console.print(table)
-    frag = result_fragment(args.camera, result)
-    text = json.dumps(frag, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-        console.print(f"wrote {args.out}")
+    return _emit(result_fragment(args.camera, result), args)
+
+
+# ------------------------------------------------------------------------------------------------ intrinsics
+
+
+def _intrinsics(args: argparse.Namespace) -> int:
+    from calibration import intrinsics as intr
+    from robot.cameras import CameraError
+
+    config = _load(args.launch, args.sim)
+    roles = [args.camera] if args.camera else ["static", "wrist"]
+    sim = config.robot.kind == "sim"
+    try:
+        numbers = intr.sim_intrinsics(config, roles) if sim else intr.factory_intrinsics(config, roles)
+    except CameraError as e:
+        console.print(f"[red]cannot read intrinsics: {e}[/red]", highlight=False)
+        return 1
+    entries = {}
+    for role in roles:
+        n = numbers[role]
+        console.print(f"{role}: {n['width']}x{n['height']} fx {n['fx']:.2f} fy {n['fy']:.2f} cx {n['cx']:.2f} "
+                      f"cy {n['cy']:.2f} {n['model']} depth scale {n['depth_scale_m']}", highlight=False)
+        if not args.charuco:
+            entries[role] = intr.entry(n, "sim" if sim else "factory")
+            continue
+        try:
+            entries[role] = _charuco_entry(config, role, n, sim, args)
+        except CalibrationError as e:
+            console.print(f"[red]{role}: ChArUco calibration refused: {e}[/red]", highlight=False)
+            return 1
+    return _emit({"calibration": {"intrinsics": entries}}, args)
+
+
+def _charuco_entry(config: Any, role: str, truth: dict[str, Any], sim: bool,
+                   args: argparse.Namespace) -> dict[str, Any]:
+    from calibration import intrinsics as intr
+    from calibration.charuco import BoardSpec, camera_matrix
+
+    size = (truth["width"], truth["height"])
+    if sim:  # the board is not rendered in the scene yet: its corners are projected through the true camera
+        K = camera_matrix(truth["fx"], truth["fy"], truth["cx"], truth["cy"])
+        views = intr.synthetic_views(K, size, n=args.views, noise_px=args.noise_px, seed=args.seed)
     else:
-        print(text)
-    return 0
+        console.print(f"{role}: move the ChArUco board through the view ({args.views * 5} frames)")
+        images = intr.capture_images(config.camera(role), args.views * 5)
+        views, missed = intr.views_from_images(images[::5], BoardSpec())
+        if not views:
+            raise CalibrationError(f"the ChArUco board was not visible in any of {missed} frames")
+    K, dist, rms = intr.charuco_calibrate(views, size)
+    console.print(f"{role}: ChArUco from {len(views)} views: fx {K[0, 0]:.2f} fy {K[1, 1]:.2f} cx {K[0, 2]:.2f} "
+                  f"cy {K[1, 2]:.2f}, RMS reprojection {rms:.3f} px", highlight=False)
+    return intr.entry(intr.charuco_numbers(K, dist, size, truth["depth_scale_m"]), "charuco", rms)
+
+
+# ------------------------------------------------------------------------------------------------ check
+
+
+def _check(args: argparse.Namespace) -> int:
+    from calibration.check import check_age, compare, stored_pose
+
+    config = _load(args.launch, args.sim)
+    sim = config.robot.kind == "sim"
+    if not sim and not args.age_only:
+        raise UsageError("re-measuring on the real arm is not implemented yet: use a sim launch file, or "
+                         "--age-only to check presence and age")
+    pose = stored_pose(config, args.camera)
+    result = check_age(pose, args.camera, args.max_age_h)
+    if result.status == "ok" and not args.age_only:
+        console.print(result.message)
+        try:
+            measured, _ = _measure_sim(args.camera, args.poses, args.noise_px, args.seed)
+        except CalibrationError as e:
+            console.print(f"[red]re-measurement refused: {e}[/red]")
+            return 1
+        result = compare(pose, measured.best.T, args.camera, args.tol_mm, args.tol_deg)
+    style = "green" if result.status == "ok" else "yellow"
+    console.print(f"[{style}]{result.status.upper()}[/{style}]: {result.message}", highlight=False)
+    return result.exit_code
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dv-calib", description="Camera calibration for the DreamVLA rig.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    camera = {"choices": ["wrist", "static"]}
+
+    def sim_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--sim", action="store_true", help="the sim workcell (implied by a sim launch file)")
+        p.add_argument("--noise-px", type=float, default=0.2, help="sim only: corner noise in pixels")
+        p.add_argument("--seed", type=int, default=0)
+
+    def output_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", default=None, help="write the JSON fragment here (default: stdout)")
+        p.add_argument("--write-launch", default=None, metavar="FILE",
+                       help="merge the result into this launch file's calibration section")
+
+    he = sub.add_parser("handeye", help="hand-eye calibration (eye-in-hand wrist, eye-to-base static)")
+    he.add_argument("--camera", required=True, **camera)
+    he.add_argument("--poses", type=int, default=12)
+    sim_args(he)
+    output_args(he)
+
+    it = sub.add_parser("intrinsics", help="store each camera's intrinsics and depth scale")
+    it.add_argument("--launch", required=True, help="launch file naming the cameras")
+    it.add_argument("--camera", default=None, help="one role only (default: both)", **camera)
+    it.add_argument("--charuco", action="store_true", help="re-calibrate from ChArUco views instead")
+    it.add_argument("--views", type=int, default=25, help="ChArUco views")
+    sim_args(it)
+    output_args(it)
+
+    ck = sub.add_parser("check", help="warn when a stored extrinsic is missing, stale or off")
+    ck.add_argument("--launch", required=True)
+    ck.add_argument("--camera", required=True, **camera)
+    ck.add_argument("--max-age-h", type=float, default=1.0, help="older is stale (DROID: 1 h)")
+    ck.add_argument("--tol-mm", type=float, default=2.0)
+    ck.add_argument("--tol-deg", type=float, default=0.5)
+    ck.add_argument("--poses", type=int, default=8, help="poses for the re-measurement")
+    ck.add_argument("--age-only", action="store_true", help="check presence and age only, no re-measurement")
+    sim_args(ck)
+    ck.set_defaults(seed=1)  # other poses than the calibration's default seed: an independent re-measurement
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dv-calib", description="Camera calibration for the DreamVLA rig.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    he = sub.add_parser("handeye", help="hand-eye calibration (eye-in-hand wrist, eye-to-base static)")
-    he.add_argument("--camera", choices=["wrist", "static"], required=True)
-    he.add_argument("--sim", action="store_true", help="use the sim workcell (virtual board, true intrinsics)")
-    he.add_argument("--poses", type=int, default=12)
-    he.add_argument("--out", default=None, help="write the JSON fragment here (default: stdout)")
-    he.add_argument("--noise-px", type=float, default=0.2, help="sim only: corner noise")
-    he.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.command == "handeye":
-        return _handeye(args)
-    return 2
+    args = _parser().parse_args(argv)
+    for name in ("poses", "views", "max_age_h", "tol_mm", "tol_deg", "noise_px"):
+        value = getattr(args, name, None)
+        if value is not None and (value < 0 or (name in ("poses", "views") and value < 1)):
+            console.print(f"[red]dv-calib: --{name.replace('_', '-')} must be positive, got {value}[/red]")
+            return 2
+    try:
+        return {"handeye": _handeye, "intrinsics": _intrinsics, "check": _check}[args.command](args)
+    except UsageError as e:
+        console.print(f"[red]dv-calib {args.command}: {e}[/red]", highlight=False)
+        return 2
 
 
 if __name__ == "__main__":

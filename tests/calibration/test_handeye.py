@@ -155,8 +155,8 @@ def test_sim_handeye_within_2mm_half_degree(workcell, camera):
     r = calibrate(col.observations, col.mode, col.K)
     dt, dr = pose_error(r.best.T, col.T_true)
     assert dt < 2e-3 and dr < 0.5, (camera, r.best.method, dt, dr)
-    frag = result_fragment(camera, r)["calibration"][camera]
     key = "T_ee_cam_wrist" if camera == "wrist" else "T_base_cam_static"
+    frag = result_fragment(camera, r)["calibration"]
     assert np.allclose(frag[key]["xyz"], col.T_true[:3, 3], atol=2e-3)
     assert abs(np.linalg.norm(frag[key]["quat_xyzw"]) - 1) < 1e-6
     json.dumps(frag)
