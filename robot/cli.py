@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from robot.execution import MODES
-from robot.policy import Policy, RemotePolicy, ReplayPolicy, ScriptedPolicy, robot_contract
+from robot.policy import Policy, RemotePolicy, ReplayPolicy, robot_contract
 from robot.runner import Runner, RunnerConfig, RunSummary, episode_table, interventions_table, latency_table
 from robot.safety import SafetyConfig
 
@@ -98,13 +98,9 @@ def _policy(args: argparse.Namespace, stack: contextlib.ExitStack, cfg: RunnerCo
     if args.policy == "scripted":
         if cell is None:
             raise UsageError("--policy scripted needs the sim workcell (--sim): the expert plans from sim state")
-        from robot.sim.experts import ScriptedExpert, plan_task
+        from robot.sim.experts import scripted_policy
 
-        speed = min(0.15, 0.6 * safety.max_speed_mps)
-        turn = min(0.6, 0.9 * safety.max_angular_speed_rps)
-        return ScriptedPolicy(lambda T0: ScriptedExpert(plan_task(cell.task, cell.state()), T0, rate_hz=cfg.rate_hz,
-                                                        max_speed=speed, max_angular_speed=turn),
-                              cfg.rate_hz, cfg.chunk_length)
+        return scripted_policy(cell, cfg, safety)
     if args.policy == "replay":
         if args.replay is None:
             raise UsageError("--policy replay needs --replay FILE (a .npy of (N, 7) actions in robot units)")
@@ -117,7 +113,7 @@ def _policy(args: argparse.Namespace, stack: contextlib.ExitStack, cfg: RunnerCo
 
 
 @dataclass(frozen=True)
-class _Plan:
+class RunPlan:
     """What the command line and the launch file (if any) ask for, validated."""
 
     launch: Any  # robot.launch.LaunchConfig | None
@@ -128,7 +124,7 @@ class _Plan:
     endpoint: str | None
 
 
-def _plan(args: argparse.Namespace) -> _Plan:
+def plan_run(args: argparse.Namespace) -> RunPlan:
     from robot.launch import load_launch_config
     from robot.sim.tasks import TASKS
 
@@ -145,7 +141,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     safety = launch.safety if launch else sim_safety()
     overrides = {k: v for k, v in (("mode", args.mode), ("max_episode_s", args.max_episode_s)) if v is not None}
     runner = RunnerConfig.model_validate({**(launch.runner if launch else RunnerConfig()).model_dump(), **overrides})
-    return _Plan(launch, sim, safety, runner, args.episodes or (launch.episodes if launch else 1),
+    return RunPlan(launch, sim, safety, runner, args.episodes or (launch.episodes if launch else 1),
                  args.server or (launch.server.address if launch else None))
 
 
@@ -157,7 +153,8 @@ def sim_safety() -> SafetyConfig:
     return load_launch_config(DEFAULT_LAUNCH_FILE).safety
 
 
-def _devices(args: argparse.Namespace, plan: _Plan, stack: contextlib.ExitStack) -> tuple[Any, Any, dict[str, Any]]:
+def open_devices(args: argparse.Namespace, plan: RunPlan,
+                 stack: contextlib.ExitStack) -> tuple[Any, Any, dict[str, Any]]:
     """(sim workcell or None, arm config, connected cameras)."""
     from robot.arm import ArmConfig
 
@@ -185,7 +182,7 @@ def _devices(args: argparse.Namespace, plan: _Plan, stack: contextlib.ExitStack)
     return cell, arm_cfg, cameras
 
 
-def _scene(args: argparse.Namespace, cell: Any, arm: Any, gripper: Any) -> Any:
+def make_scene(args: argparse.Namespace, cell: Any, arm: Any, gripper: Any) -> Any:
     from robot.runner import OperatorScene, SimScene
 
     if cell is not None:
@@ -197,7 +194,7 @@ def _scene(args: argparse.Namespace, cell: Any, arm: Any, gripper: Any) -> Any:
     return OperatorScene(arm, gripper, HOME_Q, instruction)
 
 
-def _estop(plan: _Plan, stack: contextlib.ExitStack) -> tuple[Any, Any]:
+def open_estop(plan: RunPlan, stack: contextlib.ExitStack) -> tuple[Any, Any]:
     """The e-stop listener and status publisher a launch file asks for (none without one)."""
     launch = plan.launch
     if launch is None or not (launch.estop_required or launch.estop.console):
@@ -209,29 +206,33 @@ def _estop(plan: _Plan, stack: contextlib.ExitStack) -> tuple[Any, Any]:
     return listener, stack.enter_context(StatusPublisher(launch.estop.status_endpoint))
 
 
+def stop_on_signals(runner: Runner) -> None:
+    """Ctrl-C, dv-launch's SIGINT/SIGTERM, or PR_SET_PDEATHSIG's SIGTERM: stop the arm and let the run finish with
+    its summary, the episode recorded as aborted:interrupted. The stop goes through the runner's thread-safe hook
+    on a thread of its own (the handler runs on the loop's thread, which may hold the runner's lock), never
+    through an exception in the middle of a tick."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: threading.Thread(
+            target=runner.request_stop, args=(signal.Signals(signum).name, "interrupted")).start())
+
+
 def _run(args: argparse.Namespace) -> RunSummary:
     from robot.arm import Arm, Gripper, GripperConfig
 
-    plan = _plan(args)
+    plan = plan_run(args)
     cfg = plan.runner
     with contextlib.ExitStack() as stack:
-        cell, arm_cfg, cameras = _devices(args, plan, stack)
+        cell, arm_cfg, cameras = open_devices(args, plan, stack)
         arm = stack.enter_context(Arm(arm_cfg))
         gripper = stack.enter_context(Gripper(GripperConfig(host=arm_cfg.host)))
         sizes = {name: (cam.config.height, cam.config.width) for name, cam in cameras.items()}
         policy = _policy(args, stack, cfg, plan.safety, sizes, cell, plan.endpoint)
-        estop, status = _estop(plan, stack)
+        estop, status = open_estop(plan, stack)
         runner = Runner(cfg, plan.safety, arm=arm, gripper=gripper, cameras=cameras, policy=policy,
-                        scene=_scene(args, cell, arm, gripper), task=args.task, policy_name=args.policy,
+                        scene=make_scene(args, cell, arm, gripper), task=args.task, policy_name=args.policy,
                         estop=estop, status=status)
         stack.callback(runner.close)  # also closes the policy
-        # Ctrl-C, dv-launch's SIGINT/SIGTERM, or PR_SET_PDEATHSIG's SIGTERM: stop the arm and finish with the
-        # summary, the episode recorded as aborted:interrupted. The stop goes through the runner's thread-safe
-        # hook on a thread of its own (the handler runs on the loop's thread, which may hold the runner's lock),
-        # never through an exception in the middle of a tick.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, _frame: threading.Thread(
-                target=runner.request_stop, args=(signal.Signals(signum).name, "interrupted")).start())
+        stop_on_signals(runner)
         console.print(f"[b]{args.task}[/b]: {plan.episodes} episode(s), {args.policy} policy, {cfg.mode} mode, "
                       f"{cfg.rate_hz:g} Hz, {'sim' if plan.sim else 'real robot'}")
         return runner.run(plan.episodes)
@@ -241,6 +242,16 @@ def _summary_path(args: argparse.Namespace) -> Path:
     if args.summary is not None:
         return args.summary
     return Path("runs/robot") / f"summary-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def add_log_level_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def configure_logging(level: str) -> None:
+    """Logs go to stderr through rich, so stdout keeps only the tables and summaries."""
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,14 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT, help="checkpoint for a locally started dv-serve")
     run.add_argument("--max-episode-s", type=float, help="episode time limit in seconds")
     run.add_argument("--auth-key-file", type=Path, help="shared key for a server that requires HMAC")
-    run.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level_option(run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    configure_logging(args.log_level)
     from robot.launch import LaunchConfigError
 
     try:

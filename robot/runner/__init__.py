@@ -17,6 +17,7 @@ from robot.runner.report import (
     latency_table,
 )
 from robot.runner.scenes import OperatorScene, Scene, SimScene
+from robot.runner.steps import StepSink, TickRecord
 
 __all__ = [
     "ArmLike",
@@ -31,7 +32,9 @@ __all__ = [
     "Scene",
     "SimScene",
     "StatusSink",
+    "StepSink",
     "StopSignal",
+    "TickRecord",
     "episode_table",
     "interventions_table",
     "latency_table",

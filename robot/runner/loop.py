@@ -31,14 +31,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robot.arm import ArmError, ArmState
+from robot.cameras import Frame
 from robot.estop.listener import EStopMode
 from robot.estop.wire import Latency, RobotState, RobotStatus
-from robot.execution import Timeline, compose, predicted_positions, state_vector
+from robot.execution import Timeline, compose, delta_between, predicted_positions, state_vector
 from robot.policy import Observation, Policy, PolicyChunk, PolicyFailure
 from robot.runner.config import RunnerConfig
 from robot.runner.devices import ArmLike, CameraLike, GripperLike, StatusSink, StopSignal
 from robot.runner.report import EpisodeRecord, LatencyStats, RunSummary
 from robot.runner.scenes import Scene
+from robot.runner.steps import StepSink, TickRecord
 from robot.runner.worker import Done, PolicyWorker
 from robot.safety import Rejection, SafetyConfig, SafetyEnvelope
 
@@ -76,6 +78,7 @@ class _Episode:
     wait_deadline_ns: int = 0  # a reply is due by then (while a request is pending or the worker is busy)
     pending: int | None = None  # the worker job whose reply the loop is waiting for
     pending_obs: Observation | None = None
+    frames: dict[str, Frame] | None = None  # the frames read this tick (None: a camera had no usable frame)
     misses: int = 0
     holding: str | None = None  # the reason of the current HOLD
     steps: int = 0
@@ -93,12 +96,12 @@ class Runner:
 
     def __init__(self, config: RunnerConfig, safety: SafetyConfig, *, arm: ArmLike, gripper: GripperLike,
                  cameras: Mapping[str, CameraLike], policy: Policy, scene: Scene, task: str, policy_name: str = "",
-                 estop: StopSignal | None = None, status: StatusSink | None = None,
+                 estop: StopSignal | None = None, status: StatusSink | None = None, steps: StepSink | None = None,
                  clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.config, self.safety = config, safety
         self.arm, self.gripper, self.cameras, self.scene = arm, gripper, dict(cameras), scene
         self.task, self.policy_name = task, policy_name
-        self._estop, self._status, self._clock = estop, status, clock
+        self._estop, self._status, self._steps, self._clock = estop, status, steps, clock
         # A listener with `poll` (the real `EStopListener`) wakes the loop between ticks; without it the loop
         # sleeps and checks once per tick.
         self._estop_poll: Callable[[float], bool] | None = getattr(estop, "poll", None)
@@ -218,13 +221,18 @@ class Runner:
                       last_frames_ns=now, next_success_ns=now + round(self.config.success_check_period_s * 1e9))
         log.info("episode %d: %s", index, instruction)
         self._run_state = RobotState.RUN
+        if self._steps is not None:
+            self._steps.begin(index, instruction)
         try:
             self._loop(ep)
         except Exception as exc:  # noqa: BLE001 - S1: a bug in the loop becomes SAFE-HOLD, never an escape
             log.exception("control loop failed")
             self._fault = f"{type(exc).__name__}: {exc}"
             self._abort(ep, f"exception:{type(exc).__name__}")
-        return self._finish(ep)
+        record = self._finish(ep)
+        if self._steps is not None:
+            self._steps.end(record)
+        return record
 
     def _early_record(self, index: int, instruction: str, outcome: str, start: int) -> EpisodeRecord:
         return EpisodeRecord(index, self.task, instruction, outcome, False, 0, 0, (self._clock() - start) / 1e9,
@@ -328,7 +336,7 @@ class Runner:
                 return None
 
     def _tick(self, ep: _Episode, tick_ns: int) -> None:
-        slot = ep.timeline.slot(tick_ns)
+        slot, T_before, open_before = ep.timeline.slot(tick_ns), ep.T_cmd, ep.gripper_open
         if self._estop is not None:
             estop = self._estop.check(tick_ns)
             self._estop_text = estop.describe()
@@ -348,7 +356,7 @@ class Runner:
             return self._abort(ep, unsafe.rule)
 
         t = self._clock()
-        frames = self._read_cameras(ep)
+        ep.frames = frames = self._read_cameras(ep)
         now = self._clock()
         ep.latency.add("image_read", _ms(now - t))
         if frames is not None:
@@ -359,7 +367,7 @@ class Runner:
         self._collect(ep, slot, 0.0)
         if (ep.outcome is None and frames is not None and ep.pending is None
                 and (ep.holding is not None or ep.timeline.needs_request(slot, now))):
-            self._request(ep, *frames)
+            self._request(ep, frames)
         if ep.pending is not None:
             wait_until = min(tick_ns + self.config.reply_wait * self._dt_ns, ep.wait_deadline_ns)
             self._collect(ep, slot, (wait_until - self._clock()) / 1e9)
@@ -372,11 +380,22 @@ class Runner:
             self._execute(ep, slot)
         if ep.outcome is None:
             self._check_end(ep)
+        if self._steps is not None and not (ep.outcome or "").startswith("aborted:"):
+            self._record_tick(ep, tick_ns, T_before, open_before)
         self._publish(ep)
 
-    def _read_cameras(self, ep: _Episode) -> tuple[dict[str, np.ndarray], dict[str, int]] | None:
+    def _record_tick(self, ep: _Episode, tick_ns: int, T_before: np.ndarray, open_before: bool) -> None:
+        """Hand the recorder this tick: the action is the delta between the targets commanded before and after
+        it (zero if nothing moved), so the recorded actions replay to the recorded targets."""
+        assert self._steps is not None
+        action = np.array([*delta_between(T_before, ep.T_cmd), 1.0 if ep.gripper_open else 0.0])
+        state = state_vector(ep.state.T_base_ee, open_before)
+        self._steps.record(TickRecord(ep.ticks, tick_ns, state, ep.state, self.gripper.state, ep.frames, action,
+                                      ep.T_cmd.copy()))
+
+    def _read_cameras(self, ep: _Episode) -> dict[str, Frame] | None:
         """The newest frame of every camera, or None (counted) if any is missing or older than allowed."""
-        images, captures = {}, {}
+        frames = {}
         for name, camera in self.cameras.items():
             frame = camera.read_latest()
             age_ns = None if frame is None else self._clock() - frame.capture_ns
@@ -386,13 +405,15 @@ class Runner:
                 self.interventions.record("frame_stale", f"camera {name}: " + (
                     "no frame yet" if age_ns is None else f"newest frame {_ms(age_ns):.0f} ms old"))
                 return None
-            images[name], captures[name] = frame.color, frame.capture_ns
-        return images, captures
+            frames[name] = frame
+        return frames
 
-    def _request(self, ep: _Episode, images: dict[str, np.ndarray], captures: dict[str, int]) -> None:
+    def _request(self, ep: _Episode, frames: dict[str, Frame]) -> None:
         state = ep.state
-        obs = Observation(state=state_vector(state.T_base_ee, ep.gripper_open), images=images,
-                          capture_ns={"state": state.capture_ns, **captures}, T_measured=state.T_base_ee,
+        obs = Observation(state=state_vector(state.T_base_ee, ep.gripper_open),
+                          images={name: f.color for name, f in frames.items()},
+                          capture_ns={"state": state.capture_ns, **{name: f.capture_ns for name, f in frames.items()}},
+                          T_measured=state.T_base_ee,
                           T_commanded=ep.T_cmd.copy())
         job = self._worker.try_submit(lambda policy: policy.infer(obs))
         if job is None:

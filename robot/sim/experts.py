@@ -28,6 +28,9 @@ from rich.console import Console
 from rich.table import Table
 from scipy.spatial.transform import Rotation
 
+from robot.policy import ScriptedPolicy
+from robot.runner.config import RunnerConfig
+from robot.safety import SafetyConfig
 from robot.sim import scene
 from robot.sim.tasks import TASKS, SceneState, TaskSpec
 from robot.sim.workcell import SimWorkcell
@@ -229,6 +232,16 @@ class ScriptedExpert:
                     self._index += 1
                     self._dwelled = 0.0
         return self._T_cmd.copy(), w.gripper_open
+
+
+def scripted_policy(cell: SimWorkcell, runner: RunnerConfig, safety: SafetyConfig) -> ScriptedPolicy:
+    """The task's expert as a loop policy (`dv-robot --policy scripted`, `dv-teleop --device scripted`), planned
+    from the sim's object poses at each episode's first observation, moving well inside the envelope's limits."""
+    speed = min(0.15, 0.6 * safety.max_speed_mps)
+    turn = min(0.6, 0.9 * safety.max_angular_speed_rps)
+    return ScriptedPolicy(lambda T0: ScriptedExpert(plan_task(cell.task, cell.state()), T0, rate_hz=runner.rate_hz,
+                                                    max_speed=speed, max_angular_speed=turn),
+                          runner.rate_hz, runner.chunk_length)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,280 @@
+"""`dv-teleop`: record demonstrations into a LeRobot v3 dataset, and replay them through the robot runtime.
+
+    dv-teleop record --task drawer_open --sim --device scripted --episodes 5 --keep success
+    dv-teleop record --task pick_bottle --launch launch/real_fr3.yaml --device spacemouse
+    dv-teleop replay runs/datasets/drawer_open --episode 0 --sim
+
+Recording runs the same `Runner` as `dv-robot`: the device is the loop's policy (the sim's scripted expert, or a
+SpaceMouse/keyboard whose velocity commands become actions), so every command passes the same e-stop, timeline
+and safety envelope, and the recorded actions are exactly what the loop executed. Without `--launch`, `--sim`
+uses launch/sim.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from robot.cli import UsageError, add_log_level_option, configure_logging
+from robot.policy import Policy
+from robot.runner import EpisodeRecord, Runner, RunnerConfig
+from teleop.answers import Answers, KeyAnswers, LineAnswers
+from teleop.dataset import DatasetWriter, EpisodeAborted, ResumeMismatch
+from teleop.dataset import layout as L
+from teleop.recorder import EpisodeProgress, Recorder
+from teleop.replay import ReplayError
+from teleop.rows import dataset_config
+
+console = Console()
+log = logging.getLogger("dv-teleop")
+
+DEVICES = ("scripted", "keyboard", "spacemouse")
+KEEP_RULES = ("ask", "success", "all")
+HUMAN_EPISODE_S = 300.0  # a person needs longer than a policy's 30 s default
+SESSIONS_DIR = "meta/dv_sessions"
+
+
+# ------------------------------------------------------------------------------------------- decisions
+
+
+def make_decide(rule: str, answers: Answers | None, stopped: Callable[[], bool],
+                ask_panel: Callable[[], contextlib.AbstractContextManager[None]]) -> Callable[..., bool]:
+    """keep/discard: an interrupted or aborted episode is never kept by a rule; `ask` shows the outcome (in sim
+    the success predicate) and waits for the operator's y/n."""
+
+    def decide(record: EpisodeRecord, progress: EpisodeProgress) -> bool:
+        if record.outcome == "aborted:interrupted" or stopped():
+            return False
+        if rule == "success":
+            return record.success
+        if rule == "all":
+            return not record.outcome.startswith("aborted:")
+        assert answers is not None
+        with ask_panel():
+            console.print(f"episode {record.index}: [b]{record.outcome}[/b] (success: {record.success}), "
+                          f"{progress.written} steps, {progress.dropped} dropped"
+                          f"{' - DEGRADED' if progress.degraded else ''}. keep it? [y/n] ")
+            answer = answers.ask(stopped)
+        return answer == "y"
+
+    return decide
+
+
+# ------------------------------------------------------------------------------------------- the dataset
+
+
+def _calibration_hash(calibration: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(calibration, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def open_dataset(root: Path, cameras: dict[str, Any], fps: int, launch: Any) -> DatasetWriter:
+    """Create or resume `root`; a resume with other cameras, robot, rate or calibration is refused, naming it."""
+    calibration = launch.calibration.model_dump(mode="json")
+    robot_config = {"robot": launch.robot.model_dump(mode="json"),
+                    "cameras": [c.model_dump(mode="json") for c in launch.cameras]}
+    sizes = {name: (cam.config.height, cam.config.width, cam.config.depth) for name, cam in cameras.items()}
+    cfg = dataset_config(sizes, fps, robot_config, _calibration_hash(calibration))
+    return DatasetWriter(root, cfg, min_free_bytes=256 << 20)
+
+
+def write_session(root: Path, session: dict[str, Any]) -> Path:
+    """The launch config, calibration and device of this recording session, and the episodes it kept (rewritten
+    atomically after each commit; the dataset itself never depends on this file)."""
+    path = root / SESSIONS_DIR / f"{session['started'].replace(':', '')}.json"
+    L.atomic_write_json(path, session)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- assembly
+
+
+def _device_policy(args: argparse.Namespace, cell: Any, runner_cfg: RunnerConfig, safety: Any,
+                   stack: contextlib.ExitStack) -> tuple[Policy, Answers, str]:
+    """The device as the loop's policy, where the operator's y/n comes from, and the panel's key help."""
+    from teleop.devices.command import TeleopPolicy
+
+    if args.device == "scripted":
+        if cell is None:
+            raise UsageError("--device scripted needs the sim workcell (--sim): the expert plans from sim state")
+        from robot.sim.experts import scripted_policy
+
+        return scripted_policy(cell, runner_cfg, safety), LineAnswers(), "scripted expert · Ctrl-C ends the session"
+    if args.device == "keyboard":
+        from robot.estop.keys import RawKeys
+        from teleop.devices.keyboard import HELP, KeyboardSource
+
+        if not sys.stdin.isatty():
+            raise UsageError("--device keyboard needs a terminal on stdin")
+        source = KeyboardSource(RawKeys(sys.stdin.fileno()))
+        return TeleopPolicy(source, runner_cfg.rate_hz, runner_cfg.chunk_length), KeyAnswers(source.answers), HELP
+    from teleop.devices.spacemouse import SpaceMouseSource, SpaceMouseUnavailable
+
+    try:
+        source = SpaceMouseSource()
+    except SpaceMouseUnavailable as exc:
+        raise UsageError(str(exc)) from exc
+    return (TeleopPolicy(source, runner_cfg.rate_hz, runner_cfg.chunk_length), LineAnswers(),
+            "left button: gripper · right button: end episode · Ctrl-C ends the session")
+
+
+def _plan_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The `dv-robot run` arguments this recording amounts to (the assembly is shared with it)."""
+    from robot.launch.config import DEFAULT_LAUNCH_FILE
+
+    launch = args.launch or (DEFAULT_LAUNCH_FILE if args.sim else None)
+    mode = "chunk" if args.device == "scripted" else "receding"  # an operator's command is fresh every tick
+    max_s = args.max_episode_s or (None if args.device == "scripted" else HUMAN_EPISODE_S)
+    return argparse.Namespace(task=args.task, sim=args.sim, launch=launch, mode=mode, max_episode_s=max_s,
+                              episodes=args.episodes, server=None, seed=args.seed)
+
+
+def _record(args: argparse.Namespace) -> list[EpisodeProgress]:
+    from robot.arm import Arm, Gripper, GripperConfig
+    from robot.cli import make_scene, open_devices, open_estop, plan_run, stop_on_signals
+    from teleop.panel import RecordingPanel
+
+    run_args = _plan_args(args)
+    plan = plan_run(run_args)
+    runner_cfg = RunnerConfig.model_validate({**plan.runner.model_dump(), "rate_hz": args.fps})
+    root = args.root or Path("runs/datasets") / args.task
+    with contextlib.ExitStack() as stack:
+        cell, arm_cfg, cameras = open_devices(run_args, plan, stack)
+        writer = stack.enter_context(open_dataset(root, cameras, args.fps, plan.launch))
+        arm = stack.enter_context(Arm(arm_cfg))
+        gripper = stack.enter_context(Gripper(GripperConfig(host=arm_cfg.host)))
+        policy, answers, help_text = _device_policy(args, cell, runner_cfg, plan.safety, stack)
+        estop, status = open_estop(plan, stack)
+        session = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv[1:],
+                   "device": args.device, "task": args.task, "launch_file": str(run_args.launch),
+                   "launch": plan.launch.model_dump(mode="json"),
+                   "calibration_hash": writer.cfg.calibration_hash, "episodes": {}}
+        runner_box: list[Runner] = []
+        stopped = lambda: bool(runner_box) and runner_box[0].stop_reason is not None  # noqa: E731
+        panel: RecordingPanel | None = None
+        decide = make_decide(args.keep, answers, stopped,
+                             lambda: panel.paused() if panel is not None else contextlib.nullcontext())
+        recorder = Recorder(writer, list(cameras), decide, queue_size=args.queue,
+                            on_failure=lambda reason: runner_box[0].request_stop(f"recorder: {reason}", "recorder"))
+        scene = make_scene(run_args, cell, arm, gripper)
+        runner = Runner(runner_cfg, plan.safety, arm=arm, gripper=gripper, cameras=cameras, policy=policy,
+                        scene=scene, task=args.task, policy_name=f"teleop:{args.device}", estop=estop,
+                        status=status, steps=_SessionLog(recorder, root, session, scene))
+        runner_box.append(runner)
+        stack.callback(runner.close)
+        stop_on_signals(runner)
+        panel = RecordingPanel(recorder, args.task, args.device, plan.episodes, args.fps, help_text, console)
+        console.print(f"recording [b]{args.task}[/b] into {root} ({writer.num_episodes} episodes there already)")
+        with panel.shown():
+            runner.run(plan.episodes)
+        return recorder.history
+
+
+class _SessionLog:
+    """Passes the loop's ticks to the recorder, and notes each kept episode's sim seed in the session file (what
+    `dv-teleop replay` needs to rebuild the same layout)."""
+
+    def __init__(self, recorder: Recorder, root: Path, session: dict[str, Any], scene: Any) -> None:
+        self.recorder, self.root, self.session, self.scene = recorder, root, session, scene
+        self.begin, self.record = recorder.begin, recorder.record
+
+    def end(self, record: EpisodeRecord) -> None:
+        self.recorder.end(record)
+        p = self.recorder.progress
+        if p.kept and p.dataset_index is not None:
+            seed = self.scene.seed(record.index) if hasattr(self.scene, "seed") else None
+            self.session["episodes"][str(p.dataset_index)] = {"seed": seed, "outcome": record.outcome,
+                                                             "success": record.success, "degraded": p.degraded}
+            write_session(self.root, self.session)
+
+
+def _record_table(history: list[EpisodeProgress]) -> Table:
+    table = Table("episode", "outcome", "steps", "dropped", "rate [Hz]", "kept as", title="recorded episodes")
+    for p in history:
+        kept = f"episode {p.dataset_index}" if p.kept else f"discarded{f': {p.error}' if p.error else ''}"
+        table.add_row(str(p.episode), p.outcome, str(p.written), f"{p.dropped}{' (degraded)' if p.degraded else ''}",
+                      f"{p.fps:.1f}", kept)
+    return table
+
+
+# ------------------------------------------------------------------------------------------- replay
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from teleop.replay import replay_episode, tracking_table
+
+    result = replay_episode(args.root, args.episode, sim=args.sim, launch=args.launch, seed=args.seed)
+    console.print(tracking_table(result))
+    if args.tolerance_mm is not None and result.max_position_error_m * 1e3 > args.tolerance_mm:
+        console.print(f"[red]the replayed path left the recorded one by {result.max_position_error_m * 1e3:.1f} mm "
+                      f"(tolerance {args.tolerance_mm} mm)[/red]")
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dv-teleop", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("record", help="record demonstrations")
+    rec.add_argument("--task", required=True, help="task name, e.g. drawer_open")
+    rec.add_argument("--device", choices=DEVICES, default="keyboard")
+    rec.add_argument("--sim", action="store_true", help="the embedded sim workcell (franky-sim + MuJoCo)")
+    rec.add_argument("--launch", type=Path, help="launch YAML (default with --sim: launch/sim.yaml)")
+    rec.add_argument("--episodes", type=int, help="episodes to run (default: the launch file's)")
+    rec.add_argument("--root", type=Path, help="dataset directory (default: runs/datasets/TASK); resumed if present")
+    rec.add_argument("--fps", type=int, default=15, help="recording = control rate (Hz)")
+    rec.add_argument("--keep", choices=KEEP_RULES, default="ask",
+                     help="ask the operator (default), keep successes only, or keep every episode not aborted")
+    rec.add_argument("--seed", type=int, default=0, help="sim layout seed of the first episode (then +1 each)")
+    rec.add_argument("--max-episode-s", type=float, help="episode time limit (default: 300 s for a person)")
+    rec.add_argument("--queue", type=int, default=64, help="write queue length in frames before frames drop")
+    add_log_level_option(rec)
+    rep = sub.add_parser("replay", help="replay a recorded episode's actions through the robot runtime")
+    rep.add_argument("root", type=Path, help="dataset directory")
+    rep.add_argument("--episode", type=int, required=True)
+    rep.add_argument("--sim", action="store_true")
+    rep.add_argument("--launch", type=Path, help="launch YAML (default with --sim: launch/sim.yaml)")
+    rep.add_argument("--seed", type=int, help="sim layout seed (default: the one the session file recorded)")
+    rep.add_argument("--tolerance-mm", type=float, help="exit 1 if the replayed path leaves the recorded one by more")
+    add_log_level_option(rep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    from robot.launch import LaunchConfigError
+
+    try:
+        if args.command == "replay":
+            return _replay(args)
+        started = time.monotonic()
+        history = _record(args)
+    except (UsageError, ReplayError, LaunchConfigError, ValidationError, ResumeMismatch, EpisodeAborted,
+            FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    console.print(_record_table(history))
+    kept = sum(1 for p in history if p.kept)
+    console.print(f"{kept} of {len(history)} episodes kept in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
