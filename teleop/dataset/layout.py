@@ -34,6 +34,10 @@ MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
 
+# OpenCV fourcc -> the codec name LeRobot records in info.json (what PyAV probes: `stream.codec.canonical_name`).
+FOURCC_CODEC = {"mp4v": "mpeg4", "avc1": "h264", "h264": "h264", "av01": "av1", "hev1": "hevc", "hvc1": "hevc"}
+
+
 def chunk_file(ep: int) -> dict[str, int]:
     return {"chunk_index": ep // CHUNKS_SIZE, "file_index": ep % CHUNKS_SIZE}
 
@@ -103,9 +107,10 @@ def features(cfg: DatasetConfig) -> dict[str, Any]:
             "shape": [spec.height, spec.width, 3],
             "names": ["height", "width", "channels"],
             "info": {
-                "video.height": spec.height, "video.width": spec.width, "video.codec": cfg.video_codec,
-                "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": cfg.fps,
-                "video.channels": 3, "has_audio": False,
+                "video.height": spec.height, "video.width": spec.width,
+                "video.codec": FOURCC_CODEC.get(cfg.video_codec, cfg.video_codec),
+                "video.pix_fmt": "yuv420p", "video.fps": cfg.fps, "video.channels": 3, "has_audio": False,
+                "is_depth_map": False,  # LeRobot 0.6 key (it migrates the older "video.is_depth_map")
             },
         }
     f["observation.state"] = {"dtype": "float32", "shape": [len(cfg.state_names)], "names": list(cfg.state_names)}

@@ -31,6 +31,9 @@ import pyarrow.parquet as pq
 from teleop.dataset import layout as L
 from teleop.dataset.stats import ImageStatsAccumulator, aggregate, vector_stats
 
+# LeRobotDataset's default tolerance_s: a video frame is decoded at `timestamp` and must lie this close to it.
+TIMESTAMP_TOLERANCE_S = 1e-4
+
 
 class EpisodeAborted(RuntimeError):
     pass
@@ -53,6 +56,57 @@ def count_video_frames(path: Path) -> int:
         return n
     finally:
         cap.release()
+
+
+class VideoStream:
+    """One camera's mp4, fed RGB frames. ``mp4v`` (MPEG-4 Part 2) through OpenCV, no extra dependency; ``h264``
+    through PyAV's libx264 with LeRobot's encoder defaults (keyframe every 2 frames, crf 30), which LeRobot's
+    dataset tools (delete/split/re-encode) and browsers also accept. OpenCV decodes both (count_video_frames)."""
+
+    def __init__(self, path: Path, codec: str, fps: int, width: int, height: int) -> None:
+        self.codec, self._open = codec, True
+        if codec == "h264":
+            try:
+                import av
+            except ImportError as exc:
+                raise OSError(errno.ENOPKG, "video_codec 'h264' needs the PyAV package (pip install av)") from exc
+            self._box = av.open(str(path), "w")
+            self._st = self._box.add_stream("libx264", rate=fps)
+            self._st.width, self._st.height, self._st.pix_fmt = width, height, "yuv420p"
+            self._st.options = {"g": "2", "crf": "30"}
+            self._frame = av.VideoFrame.from_ndarray
+        else:
+            self._cv = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), float(fps), (width, height))
+            self._open = self._cv.isOpened()
+
+    def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoWriter's name
+        return self._open
+
+    def write(self, rgb: np.ndarray) -> None:
+        if self.codec == "h264":
+            self._encode(self._frame(rgb, format="rgb24"))
+        else:
+            self._cv.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def _encode(self, frame: Any) -> None:
+        try:
+            for pkt in self._st.encode(frame):
+                self._box.mux(pkt)
+        except OSError:
+            raise
+        except Exception as exc:  # PyAV's FFmpegError that is not an OSError: an encoder failure all the same
+            raise OSError(errno.EIO, f"h264 encoder: {exc}") from exc
+
+    def release(self) -> None:
+        """Flush and close; idempotent."""
+        if self.codec != "h264":
+            self._cv.release()
+        elif self._open:
+            self._open = False
+            try:
+                self._encode(None)
+            finally:
+                self._box.close()
 
 
 def _tasks_table(tasks: list[str]) -> pa.Table:
@@ -130,15 +184,17 @@ class EpisodeWriter:
         self.degraded = False
         self.dropped = 0
         self.closed = False
-        self._video: dict[str, cv2.VideoWriter] = {}
+        self._video: dict[str, VideoStream] = {}
         self._img_stats = {cam: ImageStatsAccumulator() for cam in self.cfg.cameras}
         self.files: list[str] = []
         for cam, spec in self.cfg.cameras.items():
             rel = L.VIDEO_PATH.format(video_key=L.video_key(cam), **self.cf)
             p = self.staging / rel
             p.parent.mkdir(parents=True, exist_ok=True)
-            vw = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*self.cfg.video_codec), float(self.cfg.fps),
-                                 (spec.width, spec.height))
+            try:
+                vw = VideoStream(p, self.cfg.video_codec, self.cfg.fps, spec.width, spec.height)
+            except OSError as exc:
+                self._fail(exc)
             if not vw.isOpened():
                 self._fail(OSError(errno.EIO, f"cannot open video writer for {cam} ({self.cfg.video_codec})"))
             self._video[cam] = vw
@@ -157,6 +213,10 @@ class EpisodeWriter:
             raise EpisodeAborted("episode already closed")
         try:
             images, depth, extras = images or {}, depth or {}, extras or {}
+            nominal = self.length / self.cfg.fps
+            if timestamp is not None and abs(float(timestamp) - nominal) > TIMESTAMP_TOLERANCE_S:
+                raise ValueError(f"timestamp {timestamp} of frame {self.length} is not frame_index / fps = {nominal}: "
+                                 "LeRobot finds video frames by it; put capture times in an extra feature")
             vals = {"observation.state": state, "action": action, **extras}
             for k in L.vector_features(self.cfg):
                 v = np.asarray(vals[k], dtype=np.float32).reshape(-1)
@@ -170,7 +230,7 @@ class EpisodeWriter:
                 if rgb.shape != (spec.height, spec.width, 3) or rgb.dtype != np.uint8:
                     raise ValueError(f"camera {cam}: expected {(spec.height, spec.width, 3)} uint8, got "
                                      f"{rgb.shape} {rgb.dtype}")
-                self._video[cam].write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                self._video[cam].write(rgb)
                 self._img_stats[cam].add(rgb)
                 if spec.depth:
                     d = depth[cam]
@@ -182,7 +242,7 @@ class EpisodeWriter:
                         raise OSError(errno.EIO, f"png encode failed for depth {cam}")
                     drel = L.DEPTH_PATH.format(depth_key=L.depth_key(cam), **self.cf)
                     write_bytes(self.staging / drel / f"{self.length:06d}.png", buf.tobytes())
-            self.rows["timestamp"].append(self.length / self.cfg.fps if timestamp is None else float(timestamp))
+            self.rows["timestamp"].append(nominal if timestamp is None else float(timestamp))
             self.length += 1
         except (OSError, ValueError, KeyError) as exc:
             # A partial frame (some streams written) cannot be kept: abort the whole episode.
@@ -205,7 +265,10 @@ class EpisodeWriter:
             return
         self.closed = True
         for vw in self._video.values():
-            vw.release()
+            try:
+                vw.release()
+            except OSError:
+                pass  # the episode is being discarded: a failing encoder flush must not stop the clean-up
         shutil.rmtree(self.staging, ignore_errors=True)
         self.ds._episode_closed(self, committed=False)
 
@@ -279,9 +342,9 @@ class EpisodeWriter:
             row[f"videos/{vk}/to_timestamp"] = [n / self.cfg.fps]
         row["meta/episodes/chunk_index"] = [self.cf["chunk_index"]]
         row["meta/episodes/file_index"] = [self.cf["file_index"]]
-        for k, s in stats.items():
+        for k, s in stats.items():  # as LeRobot stores them: nested like the stat (images 3x1x1), count int64
             for stat, v in s.items():
-                row[f"stats/{k}/{stat}"] = [np.asarray(v, dtype=np.float64).reshape(-1).tolist()]
+                row[f"stats/{k}/{stat}"] = [[int(c) for c in v] if stat == "count" else v]
         row["dv/degraded"] = [self.degraded]
         (self.staging / mrel).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table(row), self.staging / mrel)

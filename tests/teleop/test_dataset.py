@@ -65,15 +65,20 @@ def test_layout_matches_lerobot_v3(tmp_path: Path) -> None:
         assert record(ds, n, task=["drawer_open", "pick_cube"][k % 2]) == k
     info = json.loads((tmp_path / "meta/info.json").read_text())
     assert info["codebase_version"] == "v3.0"
-    for key in ("robot_type", "total_episodes", "total_frames", "total_tasks", "chunks_size", "fps", "splits",
-                "data_path", "video_path", "features", "data_files_size_in_mb", "video_files_size_in_mb"):
-        assert key in info
+    # exactly the keys lerobot 0.6.1's LeRobotDataset.create()+finalize() writes (scripts/check_lerobot_load.py)
+    assert set(info) == {"codebase_version", "robot_type", "total_episodes", "total_frames", "total_tasks",
+                         "chunks_size", "fps", "splits", "data_path", "video_path", "features",
+                         "data_files_size_in_mb", "video_files_size_in_mb"}
     assert (info["total_episodes"], info["total_frames"], info["total_tasks"]) == (3, 16, 2)
     assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
     assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
     assert info["splits"] == {"train": "0:3"}
     f = info["features"]
     assert f["observation.images.wrist"]["dtype"] == "video" and f["observation.images.wrist"]["shape"] == [H, WD, 3]
+    # the entries lerobot probes from the stream (get_video_info), under its names; the codec as PyAV names it
+    assert f["observation.images.wrist"]["info"] == {
+        "video.height": H, "video.width": WD, "video.codec": "mpeg4", "video.pix_fmt": "yuv420p", "video.fps": 15,
+        "video.channels": 3, "has_audio": False, "is_depth_map": False}
     assert f["observation.state"] == {"dtype": "float32", "shape": [8], "names": cfg.state_names}
     for k in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
         assert k in f
@@ -105,6 +110,14 @@ def test_layout_matches_lerobot_v3(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "meta/stats.json").read_text())
     assert stats["observation.state"]["count"] == [16]
     assert np.asarray(stats["observation.images.wrist"]["mean"]).shape == (3, 1, 1)
+    for k, st in stats.items():  # lerobot's keys, quantiles included (QUANTILES normalisation needs q01/q99)
+        assert set(st) == {"min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"}, k
+    assert np.asarray(stats["observation.images.wrist"]["q99"]).shape == (3, 1, 1)
+    assert stats["observation.state"]["q50"][6] == pytest.approx(0.04)
+    eps = pq.read_schema(tmp_path / "meta/episodes/chunk-000/file-000.parquet")
+    assert str(eps.field("stats/action/count").type) == "list<element: int64>"
+    assert str(eps.field("stats/observation.images.wrist/q01").type) == \
+        "list<element: list<element: list<element: double>>>"
     r = verify(tmp_path)
     assert r.ok, r.errors
     assert (r.episodes, r.frames, r.flagged) == (3, 16, [])
@@ -172,6 +185,20 @@ def test_exception_inside_episode_context_aborts(tmp_path: Path) -> None:
     with pytest.raises(EpisodeAborted, match="expected"):
         ep = ds.begin_episode("x")
         ep.add_frame(**{**frame(1, 0, ds.cfg), "state": np.zeros(3)})
+
+
+def test_timestamp_must_be_frame_index_over_fps(tmp_path: Path) -> None:
+    """LeRobot decodes the video frame at `timestamp` with 1e-4 s tolerance: an off-grid stamp is refused."""
+    ds = DatasetWriter(tmp_path, make_cfg())
+    with ds.episode("drawer_open") as ep:
+        for i in range(3):
+            ep.add_frame(**frame(ep.index, i, ds.cfg), timestamp=i / 15)
+    ep = ds.begin_episode("drawer_open")
+    ep.add_frame(**frame(1, 0, ds.cfg), timestamp=0.0)
+    with pytest.raises(EpisodeAborted, match="not frame_index / fps"):
+        ep.add_frame(**frame(1, 1, ds.cfg), timestamp=1 / 15 + 0.004)
+    r = verify(tmp_path)
+    assert r.ok and r.episodes == 1 and r.frames == 3
 
 
 def test_repair_cuts_back_to_verified_prefix(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
