@@ -65,14 +65,14 @@ def constant(action: list[float]) -> Callable[[Observation, int], PolicyChunk]:
 
 
 def make_runner(devices, cell, policy, *, safety: SafetyConfig | None = None, cameras: dict | None = None,
-                scene: type[SimScene] = SimScene, estop: Any = None, status: Any = None,
+                scene: type[SimScene] = SimScene, estop: Any = None, status: Any = None, steps: Any = None,
                 **config: Any) -> tuple[Runner, SpyArm]:
     """A runner on the franky-sim arm (wrapped in a SpyArm); `config` overrides RunnerConfig fields."""
     arm, gripper = devices
     spy = SpyArm(arm)
     runner = Runner(RunnerConfig(**{"max_episode_s": 3.0, **config}), safety or SafetyConfig(), arm=spy,
                     gripper=gripper, cameras=cell.cameras if cameras is None else cameras, policy=policy,
-                    scene=scene(cell, spy, gripper), task="pick_bottle", estop=estop, status=status)
+                    scene=scene(cell, spy, gripper), task="pick_bottle", estop=estop, status=status, steps=steps)
     return runner, spy
 
 
@@ -323,6 +323,45 @@ def test_bug_in_the_loop_becomes_safe_hold(devices, cell):
 
 
 # ------------------------------------------------------------------------------------------------ normal operation
+
+
+def test_a_teleop_device_commanding_too_fast_is_held_to_the_envelope(devices, cell):
+    """Issue 5 §1: an operator's device runs through the same envelope as a policy. A command of 1 m/s along x
+    (four times the speed limit) is executed as steps of at most max_speed·dt with every target inside the box,
+    the clamps are counted, and what a recorder receives is the clamped motion, not the operator's request."""
+    from teleop.devices.command import TeleopCommand, TeleopPolicy
+
+    class Runaway:
+        def start(self) -> None: ...
+
+        def command(self) -> TeleopCommand:
+            return TeleopCommand(np.array([1.0, 0.0, 0.0]), np.zeros(3))
+
+        def close(self) -> None: ...
+
+    class Ticks:
+        def __init__(self) -> None:
+            self.ticks: list = []
+
+        def begin(self, episode: int, instruction: str) -> None: ...
+
+        def record(self, tick) -> None:
+            self.ticks.append(tick)
+
+        def end(self, record) -> None: ...
+
+    safety, sink = SafetyConfig(), Ticks()
+    runner, spy = make_runner(devices, cell, TeleopPolicy(Runaway(), 15.0), safety=safety, mode="receding",
+                              max_episode_s=2.0, steps=sink)
+    record = runner.run(1).episodes[0]
+    runner.close()
+    step_cap = safety.step_caps(1 / 15)[0]
+    steps = np.array([np.linalg.norm(t.action[:3]) for t in sink.ticks])
+    print(f"\nrunaway device: {len(steps)} ticks, largest step {steps.max() * 1e3:.1f} mm (cap {step_cap * 1e3:.1f}), "
+          f"interventions {record.interventions}")
+    assert len(sink.ticks) >= 20 and steps.max() <= step_cap + 1e-9
+    assert record.interventions.get("step_translation", 0) > 0
+    assert spy.moves and all(inside(T[:3, 3], safety.workspace) for _, T in spy.moves)
 
 
 def test_scripted_expert_succeeds_through_the_envelope(devices, cell):

@@ -1,0 +1,118 @@
+"""dv-teleop end to end in the sim workcell, as a user runs it: record with the scripted device, verify the
+dataset, replay an episode through the runtime and compare paths, resume refusal, and SIGINT finalisation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from teleop.dataset.verify import verify
+
+pytest.importorskip("franky_sim")
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+# Replayed vs recorded measured TCP path on drawer_open (issue 5 §4). Measured on the 2-core dev VM: max 2.8 mm,
+# RMS 1.1 mm (two replays); the bound leaves room for the sim's timing jitter under load, not for a convention
+# error, which shows up as centimetres within the first second.
+REPLAY_TOLERANCE_MM = 20.0
+
+
+def _launch_file(tmp_path: Path, width: int = 64, height: int = 48) -> Path:
+    data = yaml.safe_load((REPO / "launch/sim.yaml").read_text())
+    data["cameras"] = [{"type": "sim", "name": n, "width": width, "height": height} for n in ("static", "wrist")]
+    path = tmp_path / f"sim-{width}x{height}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _teleop(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "teleop.cli", *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("teleop")
+    launch, root = _launch_file(tmp), tmp / "drawer_open"
+    out = _teleop("record", "--task", "drawer_open", "--sim", "--launch", str(launch), "--device", "scripted",
+                  "--episodes", "2", "--keep", "all", "--root", str(root))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 of 2 episodes kept" in out.stdout
+    return launch, root
+
+
+def test_recorded_dataset_holds_both_cameras_depth_proprio_actions_and_the_session(recorded):
+    launch, root = recorded
+    assert verify(root).ok
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["total_episodes"] == 2 and info["fps"] == 15
+    for key in ("observation.images.static", "observation.images.wrist", "observation.state", "action",
+                "action.target", "observation.joints", "observation.gripper", "observation.capture_s"):
+        assert key in info["features"], key
+    rows = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    state = np.array(rows.column("observation.state").to_pylist())
+    np.testing.assert_allclose(state[0, :3], [0.3069, 0.0, 0.4869], atol=2e-3)  # starts at home
+    assert state[0, 6] == 1.0 and (state[:, 6] == 0.0).any()  # the gripper closed on the handle
+    capture = np.array(rows.column("observation.capture_s").to_pylist())
+    assert np.all(np.diff(capture[:, 0]) > 0) and np.all(np.abs(capture[:, 1:] - capture[:, :1]) < 0.25)
+    depth = sorted((root / "depth/observation.depth.static/chunk-000/file-000").glob("*.png"))
+    assert len(depth) == rows.num_rows
+    import cv2
+
+    d = cv2.imread(str(depth[0]), cv2.IMREAD_UNCHANGED)
+    assert d.dtype == np.uint16 and 300 < np.median(d[d > 0]) < 3000  # millimetres of a table ~1 m away
+    sessions = list((root / "meta/dv_sessions").glob("*.json"))
+    assert len(sessions) == 1
+    session = json.loads(sessions[0].read_text())
+    assert {k: v["seed"] for k, v in session["episodes"].items()} == {"0": 0, "1": 1}
+    assert session["launch"]["cameras"][0]["width"] == 64 and session["calibration_hash"]
+
+
+def test_replay_tracks_the_recorded_path(recorded):
+    launch, root = recorded
+    out = _teleop("replay", str(root), "--episode", "1", "--sim", "--launch", str(launch),
+                  "--tolerance-mm", str(REPLAY_TOLERANCE_MM))
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "replay vs recording" in out.stdout
+
+
+def test_resuming_with_other_cameras_is_refused_naming_the_difference(recorded, tmp_path):
+    _, root = recorded
+    other = _launch_file(tmp_path, width=80, height=60)
+    out = _teleop("record", "--task", "drawer_open", "--sim", "--launch", str(other), "--device", "scripted",
+                  "--episodes", "1", "--keep", "all", "--root", str(root))
+    assert out.returncode == 2
+    assert "refusing to resume" in out.stdout and "cameras" in out.stdout
+    assert verify(root).ok and json.loads((root / "meta/info.json").read_text())["total_episodes"] == 2
+
+
+def test_sigint_mid_episode_finalises_the_dataset(tmp_path):
+    launch, root = _launch_file(tmp_path), tmp_path / "pick"
+    proc = subprocess.Popen([sys.executable, "-m", "teleop.cli", "record", "--task", "pick_bottle", "--sim",
+                             "--launch", str(launch), "--device", "scripted", "--episodes", "3", "--keep", "all",
+                             "--root", str(root)], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    info = root / "meta/info.json"
+    deadline = time.monotonic() + 120
+    while not (info.exists() and json.loads(info.read_text())["total_episodes"] >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, "the first episode was never committed"
+        time.sleep(0.1)
+    time.sleep(1.5)  # well inside episode 2
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "1 of 2 episodes kept" in out and "aborted:interrupted" in out
+    assert verify(root).ok and json.loads(info.read_text())["total_episodes"] == 1
+    assert not any((root / ".dv/staging").iterdir())
