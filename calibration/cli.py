@@ -81,10 +81,10 @@ def _emit(fragment: dict[str, Any], args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ handeye
 
 
-def _measure_sim(camera: str, poses: int, noise_px: float, seed: int) -> tuple[HandEyeResult, Any]:
+def _measure_sim(args: argparse.Namespace) -> tuple[HandEyeResult, Any]:
     from calibration.sim_board import collect_sim
 
-    col = collect_sim(camera, n_poses=poses, noise_px=noise_px, seed=seed)
+    col = collect_sim(args.camera, n_poses=args.poses, noise_px=args.noise_px, seed=args.seed, render=args.render)
     console.print(f"{len(col.observations)} usable poses ({col.skipped_unreachable} unreachable, "
                   f"{col.skipped_not_visible} without the board in view)")
     return calibrate(col.observations, col.mode, col.K), col
@@ -98,7 +98,7 @@ def _handeye(args: argparse.Namespace) -> int:
     if not sim:
         raise UsageError("hand-eye on the real arm is not implemented yet: it needs --sim (and a sim launch file)")
     try:
-        result, col = _measure_sim(args.camera, args.poses, args.noise_px, args.seed)
+        result, col = _measure_sim(args)
     except CalibrationError as e:
         console.print(f"[red]calibration refused: {e}[/red]")
         return 1
@@ -147,7 +147,7 @@ def _charuco_entry(config: Any, role: str, truth: dict[str, Any], sim: bool,
     from calibration.charuco import BoardSpec, camera_matrix
 
     size = (truth["width"], truth["height"])
-    if sim:  # the board is not rendered in the scene yet: its corners are projected through the true camera
+    if sim:  # views of a board held in front of the camera: corners projected through the true camera
         K = camera_matrix(truth["fx"], truth["fy"], truth["cx"], truth["cy"])
         views = intr.synthetic_views(K, size, n=args.views, noise_px=args.noise_px, seed=args.seed)
     else:
@@ -178,7 +178,7 @@ def _check(args: argparse.Namespace) -> int:
     if result.status == "ok" and not args.age_only:
         console.print(result.message)
         try:
-            measured, _ = _measure_sim(args.camera, args.poses, args.noise_px, args.seed)
+            measured, _ = _measure_sim(args)
         except CalibrationError as e:
             console.print(f"[red]re-measurement refused: {e}[/red]")
             return 1
@@ -196,9 +196,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     camera = {"choices": ["wrist", "static"]}
 
-    def sim_args(p: argparse.ArgumentParser) -> None:
+    def sim_args(p: argparse.ArgumentParser, render: bool = True) -> None:
         p.add_argument("--sim", action="store_true", help="the sim workcell (implied by a sim launch file)")
         p.add_argument("--noise-px", type=float, default=0.2, help="sim only: corner noise in pixels")
+        if render:
+            p.add_argument("--render", action="store_true",
+                           help="sim only: render the board in the scene and detect its corners (default: project)")
         p.add_argument("--seed", type=int, default=0)
 
     def output_args(p: argparse.ArgumentParser) -> None:
@@ -217,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     it.add_argument("--camera", default=None, help="one role only (default: both)", **camera)
     it.add_argument("--charuco", action="store_true", help="re-calibrate from ChArUco views instead")
     it.add_argument("--views", type=int, default=25, help="ChArUco views")
-    sim_args(it)
+    sim_args(it, render=False)
     output_args(it)
 
     ck = sub.add_parser("check", help="warn when a stored extrinsic is missing, stale or off")

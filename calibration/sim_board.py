@@ -1,26 +1,37 @@
-"""Hand-eye data from the sim workcell: the real franky-sim arm moves, a virtual ChArUco board is observed.
+"""Hand-eye data from the sim workcell: the real franky-sim arm moves, a ChArUco board is observed.
 
-The board is not rendered (no ChArUco texture in the MuJoCo scene yet): each observation projects the board's
-corners through the sim camera's true intrinsics and its true pose at the arm pose franky-sim actually reached
-(`ArmState.T_base_ee` read after the motion), plus pixel noise. For the wrist camera the board lies fixed on the
-table (`T_base_board`); for the static camera it is mounted on the hand (`T_ee_board`).
+Two ways to observe the board, both at the arm pose franky-sim actually reached (`ArmState.T_base_ee` read
+after the motion):
+- projected (default): the board's corners go through the sim camera's true intrinsics and true pose, plus
+  pixel noise. Fast, and the noise is known.
+- rendered (`render=True`): the board is a textured plate in the MuJoCo scene; the sim camera renders it and
+  `calibration.charuco.detect` finds the corners, the same path as a real D415 image.
+For the wrist camera the board lies fixed on the table (`T_BASE_BOARD`); for the static camera it is a plate
+on the hand (`T_EE_BOARD`). Both poses put the printed face (board -z, OpenCV's board frame) toward the camera.
 """
 
 from __future__ import annotations
 
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
+import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from calibration.charuco import BoardSpec, board_pose, camera_matrix, synthetic_observation
+from calibration.charuco import BoardSpec, board_pose, camera_matrix, detect, synthetic_observation
 from calibration.handeye import BoardNotVisibleError, Mode, Observation, inv_T, make_T, pose_error
 from calibration.poses import generate_poses
 
-# wrist: board flat on the table in front of the robot
-T_BASE_BOARD = make_T(np.eye(3), [0.45, -0.10, 0.0])
-# static: a plate on the hand, its normal along ee +y (towards the static camera at the home pose)
-T_EE_BOARD = make_T(Rotation.from_euler("x", -90, degrees=True).as_matrix(), [-0.12, 0.06, 0.08])
+# wrist: a 1 mm board flat on the table in front of the robot, print up (board x = base x, y = -base y)
+T_BASE_BOARD = make_T(Rotation.from_euler("x", 180, degrees=True).as_matrix(), [0.45, 0.10, 0.001])
+# static: a plate on the hand in front of the fingers (ee y = 0.11), print facing ee +y (towards the static
+# camera at the home pose); board x = ee x, board y = ee z
+T_EE_BOARD = make_T(Rotation.from_euler("x", 90, degrees=True).as_matrix(), [-0.14, 0.11, -0.02])
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ SETUPS = {
     "wrist": CameraSetup("eye_in_hand", np.array([0.57, 0.0, 0.0]), np.array([0.34, 0.0, 0.94]),
                          np.array([0.30, -0.20, 0.30]), np.array([0.55, 0.20, 0.50])),
     # the static D415 sits front-right, high (roughly (0.85, -0.8, 0.75) in base: a tape-measure guess)
-    "static": CameraSetup("eye_to_base", np.array([0.85, -0.8, 0.75]), T_EE_BOARD[:3, 2],
+    "static": CameraSetup("eye_to_base", np.array([0.85, -0.8, 0.75]), -T_EE_BOARD[:3, 2],
                           np.array([0.35, -0.20, 0.25]), np.array([0.60, 0.15, 0.50])),
 }
 
@@ -61,6 +72,61 @@ def clip_to_workspace(lo, hi, margin: float = 0.03) -> tuple[np.ndarray, np.ndar
     return np.clip(lo, blo, bhi), np.clip(hi, blo, bhi)
 
 
+def board_plate(camera: str, spec: BoardSpec, texture_png: str) -> Callable[[ET.Element, ET.Element], None]:
+    """A `SimWorkcell` scene extra that puts the printed board where `camera`'s setup expects it."""
+    from robot.sim import scene
+
+    def add(root: ET.Element, worldbody: ET.Element) -> None:
+        size = (spec.squares_x * spec.square_m, spec.squares_y * spec.square_m)
+        if SETUPS[camera].mode == "eye_in_hand":
+            scene.add_textured_plate(root, worldbody, "charuco_board", texture_png, size, T_BASE_BOARD)
+            return
+        hand = next(b for b in worldbody.iter("body") if b.get("name") == scene.HAND_BODY)
+        T_hand_ee = make_T(np.eye(3), scene.TCP_IN_HAND)
+        scene.add_textured_plate(root, hand, "charuco_board", texture_png, size, T_hand_ee @ T_EE_BOARD)
+
+    return add
+
+
+def _clear_board(cell, margin: float = 0.08, tries: int = 20) -> None:
+    """Re-seed the task layout until no object stands on the table board (it would hide corners)."""
+    lo, hi = T_BASE_BOARD[:2, 3] - [0, 0.2], T_BASE_BOARD[:2, 3] + [0.28, 0]
+    for k in range(tries):
+        xy = [np.array([pl.x, pl.y]) for pl in cell.layout.placements.values()]
+        if all(np.any(p < lo - margin) or np.any(p > hi + margin) for p in xy):
+            return
+        cell.reset(seed=1000 + k)
+    raise RuntimeError("no layout of the task leaves the calibration board free")
+
+
+def _settled_pose(arm, tol_rad: float = 2e-5, timeout_s: float = 3.0) -> np.ndarray:
+    """T_base_ee once the joints have stopped: franky-sim reports the commanded pose as O_T_EE as soon as a
+    motion ends, while the simulated joints still converge for ~0.5 s (15 mm / 3.5 deg off at first). Only
+    `q` is measured, so the wait watches `q`; an image taken earlier shows the camera somewhere else."""
+    import time
+
+    previous, deadline = arm.read_state().joint_positions, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        q = arm.read_state().joint_positions
+        if np.max(np.abs(q - previous)) < tol_rad:
+            break
+        previous = q
+    return arm.read_state().T_base_ee
+
+
+def _rendered_frame(camera, cell, timeout_s: float = 2.0) -> np.ndarray:
+    """The first colour image rendered from a physics state after this call (the arm has settled)."""
+    import time
+
+    t_sim_ms, deadline = cell.sim_time * 1e3, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        frame = camera.read(timeout_s)
+        if frame.device_ts_ms > t_sim_ms:
+            return frame.color
+    raise TimeoutError("the sim camera delivered no frame rendered after the motion")
+
+
 def collect_sim(
     camera: str,
     n_poses: int = 12,
@@ -70,21 +136,33 @@ def collect_sim(
     spec: BoardSpec | None = None,
     poses: list[np.ndarray] | None = None,
     dynamics: float = 0.4,
+    render: bool = False,
 ) -> SimCollection:
-    """Drive the sim arm through `n_poses` poses (or the given `poses`) and observe the virtual board."""
-    from contextlib import ExitStack
-
+    """Drive the sim arm through `n_poses` poses (or the given `poses`) and observe the board: projected
+    (`noise_px` of noise), or rendered and detected (`render`; then the workcell is always our own, since
+    the board must be in its scene)."""
     from robot.arm import Arm, ArmConfig
     from robot.cameras.sim import SimCamera, SimCameraConfig
     from robot.sim.workcell import SimWorkcell
 
     if camera not in SETUPS:
         raise ValueError(f"camera must be 'wrist' or 'static', got {camera!r}")
+    if render and workcell is not None:
+        raise ValueError("render=True builds its own workcell (the board must be in the scene)")
     setup, spec = SETUPS[camera], spec or BoardSpec()
     rng = np.random.default_rng(seed)
     with ExitStack() as stack:
-        cell = workcell or stack.enter_context(SimWorkcell("drawer_open", seed=seed, cameras=[]))
-        cam = SimCamera(SimCameraConfig(name=camera), source=cell)  # ground truth only, never connected
+        if render:
+            png = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "charuco.png")
+            cv2.imwrite(png, spec.image(100))
+            cell = stack.enter_context(SimWorkcell("pick_bottle", seed=seed, cameras=[SimCameraConfig(
+                name=camera, depth=False)], scene_extras=[board_plate(camera, spec, png)]))
+            _clear_board(cell)
+            cam = cell.cameras[camera]
+            stack.enter_context(cam)  # renders from here on
+        else:
+            cell = workcell or stack.enter_context(SimWorkcell("drawer_open", seed=seed, cameras=[]))
+            cam = SimCamera(SimCameraConfig(name=camera), source=cell)  # ground truth only, never connected
         intr = cam.intrinsics
         K = camera_matrix(intr.fx, intr.fy, intr.cx, intr.cy)
         size = (intr.width, intr.height)
@@ -97,7 +175,7 @@ def collect_sim(
         obs, unreachable, invisible = [], 0, 0
         for T_goal in poses:
             ok = arm.move_to(T_goal, asynchronous=False)
-            T = arm.read_state().T_base_ee
+            T = _settled_pose(arm) if render else arm.read_state().T_base_ee
             dt, dr = pose_error(T, T_goal)
             if not ok or arm.poll_error() is not None or dt > 0.01 or dr > 2.0:
                 unreachable += 1
@@ -108,7 +186,10 @@ def collect_sim(
             else:
                 T_cam_board = inv_T(cam.T_mount_cam) @ T @ T_EE_BOARD
             try:
-                o, i = synthetic_observation(T_cam_board, spec, K, size, noise_px, rng)
+                if render:
+                    o, i = detect(_rendered_frame(cam, cell), spec)
+                else:
+                    o, i = synthetic_observation(T_cam_board, spec, K, size, noise_px, rng)
             except BoardNotVisibleError:
                 invisible += 1
                 continue

@@ -19,6 +19,7 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+import mujoco
 import numpy as np
 
 # A standard FR3 "ready" pose: TCP ~0.31 m in front of the base, 0.49 m above the table, pointing down.
@@ -205,6 +206,31 @@ def add_wrist_camera(robot_root: ET.Element, hand_body_name: str) -> None:
           contype="0", conaffinity="0", mass="0")
     ET.SubElement(mount, "camera", name="wrist", pos="0 0 0", xyaxes=wrist_camera_xyaxes(WRIST_CAM_TILT_RAD),
                   fovy=f"{D415_FOVY_DEG}")
+
+
+def add_textured_plate(
+    scene: ET.Element, parent: ET.Element, name: str, texture_png: str, size_xy: tuple[float, float],
+    T_parent_plate: np.ndarray, thickness: float = 0.001,
+) -> None:
+    """A thin visual-only plate showing `texture_png` (e.g. a calibration board) in body `parent`.
+
+    Plate frame (OpenCV's for a printed pattern): origin at the image's top-left corner on the printed face,
+    x along image columns, y along image rows, z into the plate; the print faces -z. MuJoCo draws a box's 2-D
+    texture on its +z face with image columns along +x and rows along -y, hence the half-turn about x.
+    """
+    asset = scene.find("asset")
+    if asset is None:
+        asset = ET.SubElement(scene, "asset")
+    ET.SubElement(asset, "texture", name=f"{name}_tex", type="2d", file=texture_png)
+    ET.SubElement(asset, "material", name=f"{name}_mat", texture=f"{name}_tex", texrepeat="1 1",
+                  texuniform="false", specular="0", shininess="0")
+    w, h = size_xy
+    R = np.asarray(T_parent_plate)[:3, :3] @ np.diag([1.0, -1.0, -1.0])
+    centre = np.asarray(T_parent_plate)[:3, :3] @ np.array([w / 2, h / 2, thickness / 2]) + T_parent_plate[:3, 3]
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, R.reshape(9))
+    _geom(parent, name=name, type="box", size=_fmt((w / 2, h / 2, thickness / 2)), pos=_fmt(centre),
+          quat=_fmt(quat), material=f"{name}_mat", contype="0", conaffinity="0", mass="0", group="1")
 
 
 def _free_body(worldbody: ET.Element, name: str) -> ET.Element:

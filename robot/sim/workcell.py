@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -64,9 +65,15 @@ def _pose(pos: np.ndarray, mat: np.ndarray) -> np.ndarray:
 class SimWorkcell:
     """The simulated rig for one task. Enter it to start physics and the libfranka server; exit to stop both."""
 
-    def __init__(self, task: str, seed: int = 0, cameras: Sequence[SimCameraConfig] | None = None) -> None:
-        """`cameras`: the sim cameras to create (not connected); default both D415s, [] for none."""
+    def __init__(
+        self, task: str, seed: int = 0, cameras: Sequence[SimCameraConfig] | None = None,
+        scene_extras: Sequence[Callable[[ET.Element, ET.Element], None]] = (),
+    ) -> None:
+        """`cameras`: the sim cameras to create (not connected); default both D415s, [] for none.
+        `scene_extras`: callables `(scene, worldbody)` that add to the MJCF before it compiles (e.g. a
+        calibration board); they run after the task's objects."""
         self.task: TaskSpec = get_task(task)
+        self._scene_extras = list(scene_extras)
         self._seed = seed
         self._camera_configs = list(default_cameras() if cameras is None else cameras)
         self._physics_thread: threading.Thread | None = None
@@ -142,6 +149,8 @@ class SimWorkcell:
         scene.paint_robot_collision_geometry(sim.worldbody)
         for name in self.task.objects:
             scene.OBJECT_BUILDERS[name](sim.worldbody)
+        for extra in self._scene_extras:
+            extra(sim.scene, sim.worldbody)
 
     def _index_model(self) -> None:
         m = self.model

@@ -160,3 +160,17 @@ def test_sim_handeye_within_2mm_half_degree(workcell, camera):
     assert np.allclose(frag[key]["xyz"], col.T_true[:3, 3], atol=2e-3)
     assert abs(np.linalg.norm(frag[key]["quat_xyzw"]) - 1) < 1e-6
     json.dumps(frag)
+
+
+@pytest.mark.parametrize("camera", ["wrist", "static"])
+def test_sim_handeye_rendered_board_within_2mm_half_degree(camera):
+    """The board as a textured plate in the MuJoCo scene: rendered, detected by `detect`, as a D415 image is."""
+    from calibration.sim_board import collect_sim
+
+    col = collect_sim(camera, n_poses=10, seed=0, render=True)
+    assert len(col.observations) >= 8 and min(len(o.obj_points) for o in col.observations) >= 12
+    r = calibrate(col.observations, col.mode, col.K)
+    dt, dr = pose_error(r.best.T, col.T_true)
+    print(f"{camera}: {r.best.method} {dt * 1e3:.2f} mm {dr:.3f} deg, held-out reprojection {r.best.reproj_px:.3f} px")
+    assert dt < 2e-3 and dr < 0.5, (camera, r.best.method, dt, dr)
+    assert r.best.reproj_px < 1.0
