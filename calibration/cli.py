@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -61,8 +62,10 @@ def _emit(fragment: dict[str, Any], args: argparse.Namespace) -> int:
     """Print or write the JSON fragment, and merge it into the launch file when asked."""
     text = json.dumps(fragment, indent=2)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        try:
+            Path(args.out).write_text(text + "\n")
+        except OSError as e:
+            raise UsageError(f"cannot write --out {args.out}: {e.strerror}") from None
         console.print(f"wrote {args.out}")
     elif not args.write_launch:
         print(text)

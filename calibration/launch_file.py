@@ -89,7 +89,10 @@ def write_calibration(path: str | Path, updates: dict[str, Any]) -> None:
         new_lines = lines + ["\n"] + new_block
     else:
         new_lines = lines[: span[0]] + new_block + lines[span[1]:]
-    _replace_validated(path, "".join(new_lines))
+    try:
+        _replace_validated(path, "".join(new_lines))
+    except OSError as e:
+        raise LaunchWriteError(f"cannot write {path}: {e.strerror} (the file is unchanged)") from None
 
 
 def _replace_validated(path: Path, text: str) -> None:

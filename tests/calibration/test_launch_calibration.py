@@ -92,6 +92,21 @@ def test_failed_validation_leaves_the_file_untouched(tmp_path, update, problem):
     assert [p.name for p in tmp_path.iterdir()] == [REAL.name]  # no temp file left behind
 
 
+def test_a_failed_write_leaves_the_file_untouched(tmp_path, monkeypatch):
+    import calibration.launch_file as lf
+
+    path = _copy(REAL, tmp_path)
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lf.os, "replace", full_disk)
+    with pytest.raises(LaunchWriteError, match="cannot write .*No space left on device .the file is unchanged"):
+        write_calibration(path, {"T_ee_cam_wrist": POSE})
+    assert path.read_bytes() == REAL.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == [REAL.name]
+
+
 def test_invalid_or_missing_file_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SIM.read_text().replace("episodes: 3", "episodes: 0"))
@@ -233,6 +248,8 @@ def test_check_bad_inputs(tmp_path, capsys):
     assert "needs --sim" in capsys.readouterr().err
     assert main(["handeye", "--camera", "wrist", "--sim", "--poses", "3"]) == 1
     assert "calibration refused: 3 usable poses, need at least 5" in capsys.readouterr().err
+    assert main(["intrinsics", "--launch", str(SIM), "--camera", "wrist", "--out", str(tmp_path / "no" / "x")]) == 2
+    assert "cannot write --out" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["check", "--launch", str(SIM), "--camera", "elbow"])
     assert e.value.code == 2
