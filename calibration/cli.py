@@ -22,11 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from calibration.handeye import CalibrationError, HandEyeResult, calibrate, pose_error
 from calibration.record import pose_numbers, stamped
 
 console = Console(stderr=True, soft_wrap=True)  # messages name files: never wrap them
+
+
+def _error(message: str) -> None:
+    """In red, verbatim: messages quote YAML and field paths, whose brackets must not read as rich markup."""
+    console.print(Text(message, style="red"))
 
 
 class UsageError(Exception):
@@ -75,7 +81,7 @@ def _emit(fragment: dict[str, Any], args: argparse.Namespace) -> int:
         try:
             write_calibration(args.write_launch, fragment["calibration"])
         except LaunchWriteError as e:
-            console.print(f"[red]{e}[/red]", highlight=False)
+            _error(str(e))
             return 1
         console.print(f"updated the calibration section of {args.write_launch}")
     return 0
@@ -103,7 +109,7 @@ def _handeye(args: argparse.Namespace) -> int:
     try:
         result, col = _measure_sim(args)
     except CalibrationError as e:
-        console.print(f"[red]calibration refused: {e}[/red]")
+        _error(f"calibration refused: {e}")
         return 1
     table = Table("method", "held-out reproj [px]", "err vs sim truth [mm]", "[deg]")
     for m, r in result.methods.items():
@@ -126,7 +132,7 @@ def _intrinsics(args: argparse.Namespace) -> int:
     try:
         numbers = intr.sim_intrinsics(config, roles) if sim else intr.factory_intrinsics(config, roles)
     except CameraError as e:
-        console.print(f"[red]cannot read intrinsics: {e}[/red]", highlight=False)
+        _error(f"cannot read intrinsics: {e}")
         return 1
     entries = {}
     for role in roles:
@@ -139,7 +145,7 @@ def _intrinsics(args: argparse.Namespace) -> int:
         try:
             entries[role] = _charuco_entry(config, role, n, sim, args)
         except CalibrationError as e:
-            console.print(f"[red]{role}: ChArUco calibration refused: {e}[/red]", highlight=False)
+            _error(f"{role}: ChArUco calibration refused: {e}")
             return 1
     return _emit({"calibration": {"intrinsics": entries}}, args)
 
@@ -183,11 +189,11 @@ def _check(args: argparse.Namespace) -> int:
         try:
             measured, _ = _measure_sim(args)
         except CalibrationError as e:
-            console.print(f"[red]re-measurement refused: {e}[/red]")
+            _error(f"re-measurement refused: {e}")
             return 1
         result = compare(pose, measured.best.T, args.camera, args.tol_mm, args.tol_deg)
     style = "green" if result.status == "ok" else "yellow"
-    console.print(f"[{style}]{result.status.upper()}[/{style}]: {result.message}", highlight=False)
+    console.print(Text.assemble((result.status.upper(), style), f": {result.message}"))
     return result.exit_code
 
 
@@ -244,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("poses", "views", "max_age_h", "tol_mm", "tol_deg", "noise_px"):
         value = getattr(args, name, None)
         if value is not None and (value < 0 or (name in ("poses", "views") and value < 1)):
-            console.print(f"[red]dv-calib: --{name.replace('_', '-')} must be positive, got {value}[/red]")
+            _error(f"dv-calib: --{name.replace('_', '-')} must be positive, got {value}")
             return 2
     try:
         return {"handeye": _handeye, "intrinsics": _intrinsics, "check": _check}[args.command](args)
     except UsageError as e:
-        console.print(f"[red]dv-calib {args.command}: {e}[/red]", highlight=False)
+        _error(f"dv-calib {args.command}: {e}")
         return 2
 
 
