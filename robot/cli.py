@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import ValidationError
@@ -206,7 +206,11 @@ def open_estop(plan: RunPlan, stack: contextlib.ExitStack) -> tuple[Any, Any]:
     return listener, stack.enter_context(StatusPublisher(launch.estop.status_endpoint))
 
 
-def stop_on_signals(runner: Runner) -> None:
+class Stoppable(Protocol):
+    def request_stop(self, reason: str, code: str = ...) -> None: ...
+
+
+def stop_on_signals(runner: Stoppable) -> None:
     """Ctrl-C, dv-launch's SIGINT/SIGTERM, or PR_SET_PDEATHSIG's SIGTERM: stop the arm and let the run finish with
     its summary, the episode recorded as aborted:interrupted. The stop goes through the runner's thread-safe hook
     on a thread of its own (the handler runs on the loop's thread, which may hold the runner's lock), never

@@ -6,14 +6,16 @@
 
 Recording runs the same `Runner` as `dv-robot`: the device is the loop's policy (the sim's scripted expert, or a
 SpaceMouse/keyboard whose velocity commands become actions), so every command passes the same e-stop, timeline
-and safety envelope, and the recorded actions are exactly what the loop executed. Without `--launch`, `--sim`
-uses launch/sim.yaml.
+and safety envelope, and the recorded actions are exactly what the loop executed. Hand-guiding has its own
+passive loop (`teleop.guiding`) that never commands the arm; in the sim a scripted "hand" moves it. Without
+`--launch`, `--sim` uses launch/sim.yaml.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,6 +36,7 @@ from robot.runner import EpisodeRecord, Runner, RunnerConfig
 from teleop.answers import Answers, KeyAnswers, LineAnswers
 from teleop.dataset import DatasetWriter, EpisodeAborted, ResumeMismatch
 from teleop.dataset import layout as L
+from teleop.devices.command import CommandSource
 from teleop.recorder import EpisodeProgress, Recorder
 from teleop.replay import ReplayError
 from teleop.rows import dataset_config
@@ -41,9 +44,15 @@ from teleop.rows import dataset_config
 console = Console()
 log = logging.getLogger("dv-teleop")
 
-DEVICES = ("scripted", "keyboard", "spacemouse")
+DEVICES = ("scripted", "keyboard", "spacemouse", "guiding")
+GUIDING_HELP = "move the arm by hand (guiding buttons) · space gripper · enter end episode · y/n keep"
 KEEP_RULES = ("ask", "success", "all")
 HUMAN_EPISODE_S = 300.0  # a person needs longer than a policy's 30 s default
+# The scripted device demonstrates slower than `dv-robot --policy scripted` (0.15 m/s): at 0.15 m/s the drawer
+# pull outran the arm at the bring-up dynamics (0.1) and the envelope clamped the lead to 50 mm on 11-24 ticks
+# of an episode, so the recorded actions were the envelope's, not the expert's; at 0.08 m/s the largest lead was
+# 38.5 mm, no rule fired, and a replay commands exactly the recorded targets.
+DEMO_SPEED_MPS = 0.08
 SESSIONS_DIR = "meta/dv_sessions"
 
 
@@ -101,9 +110,10 @@ def write_session(root: Path, session: dict[str, Any]) -> Path:
 # ------------------------------------------------------------------------------------------- assembly
 
 
-def _device_policy(args: argparse.Namespace, cell: Any, runner_cfg: RunnerConfig, safety: Any,
-                   stack: contextlib.ExitStack) -> tuple[Policy, Answers, str]:
-    """The device as the loop's policy, where the operator's y/n comes from, and the panel's key help."""
+def _device(args: argparse.Namespace, cell: Any, arm: Any, runner_cfg: RunnerConfig,
+            safety: Any) -> tuple[Policy | CommandSource, Answers, str]:
+    """The device (a loop policy, or for guiding the command source of the passive loop), where the operator's
+    y/n comes from, and the panel's key help."""
     from teleop.devices.command import TeleopPolicy
 
     if args.device == "scripted":
@@ -111,14 +121,22 @@ def _device_policy(args: argparse.Namespace, cell: Any, runner_cfg: RunnerConfig
             raise UsageError("--device scripted needs the sim workcell (--sim): the expert plans from sim state")
         from robot.sim.experts import scripted_policy
 
-        return scripted_policy(cell, runner_cfg, safety), LineAnswers(), "scripted expert · Ctrl-C ends the session"
-    if args.device == "keyboard":
+        return (scripted_policy(cell, runner_cfg, safety, max_speed=DEMO_SPEED_MPS), LineAnswers(),
+                "scripted expert · Ctrl-C ends the session")
+    if args.device == "guiding" and cell is not None:
+        from teleop.devices.sim_hand import SimHand
+
+        return (SimHand(cell, arm, runner_cfg.rate_hz, safety), LineAnswers(),
+                "sim: a scripted hand guides the arm · Ctrl-C ends the session")
+    if args.device in ("keyboard", "guiding"):
         from robot.estop.keys import RawKeys
         from teleop.devices.keyboard import HELP, KeyboardSource
 
         if not sys.stdin.isatty():
-            raise UsageError("--device keyboard needs a terminal on stdin")
+            raise UsageError(f"--device {args.device} needs a terminal on stdin (its keys)")
         source = KeyboardSource(RawKeys(sys.stdin.fileno()))
+        if args.device == "guiding":
+            return source, KeyAnswers(source.answers), GUIDING_HELP
         return TeleopPolicy(source, runner_cfg.rate_hz, runner_cfg.chunk_length), KeyAnswers(source.answers), HELP
     from teleop.devices.spacemouse import SpaceMouseSource, SpaceMouseUnavailable
 
@@ -144,6 +162,7 @@ def _plan_args(args: argparse.Namespace) -> argparse.Namespace:
 def _record(args: argparse.Namespace) -> list[EpisodeProgress]:
     from robot.arm import Arm, Gripper, GripperConfig
     from robot.cli import make_scene, open_devices, open_estop, plan_run, stop_on_signals
+    from teleop.guiding import GuidedRecording
     from teleop.panel import RecordingPanel
 
     run_args = _plan_args(args)
@@ -155,30 +174,39 @@ def _record(args: argparse.Namespace) -> list[EpisodeProgress]:
         writer = stack.enter_context(open_dataset(root, cameras, args.fps, plan.launch))
         arm = stack.enter_context(Arm(arm_cfg))
         gripper = stack.enter_context(Gripper(GripperConfig(host=arm_cfg.host)))
-        policy, answers, help_text = _device_policy(args, cell, runner_cfg, plan.safety, stack)
+        device, answers, help_text = _device(args, cell, arm, runner_cfg, plan.safety)
         estop, status = open_estop(plan, stack)
         session = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv[1:],
                    "device": args.device, "task": args.task, "launch_file": str(run_args.launch),
                    "launch": plan.launch.model_dump(mode="json"),
                    "calibration_hash": writer.cfg.calibration_hash, "episodes": {}}
-        runner_box: list[Runner] = []
-        stopped = lambda: bool(runner_box) and runner_box[0].stop_reason is not None  # noqa: E731
+        driver: list[Runner | GuidedRecording] = []  # who moves (or watches) the arm; set below
+        stopped = lambda: bool(driver) and driver[0].stop_reason is not None  # noqa: E731
         panel: RecordingPanel | None = None
         decide = make_decide(args.keep, answers, stopped,
                              lambda: panel.paused() if panel is not None else contextlib.nullcontext())
         recorder = Recorder(writer, list(cameras), decide, queue_size=args.queue,
-                            on_failure=lambda reason: runner_box[0].request_stop(f"recorder: {reason}", "recorder"))
+                            on_failure=lambda reason: driver[0].request_stop(f"recorder: {reason}", "recorder"))
         scene = make_scene(run_args, cell, arm, gripper)
-        runner = Runner(runner_cfg, plan.safety, arm=arm, gripper=gripper, cameras=cameras, policy=policy,
-                        scene=scene, task=args.task, policy_name=f"teleop:{args.device}", estop=estop,
-                        status=status, steps=_SessionLog(recorder, root, session, scene))
-        runner_box.append(runner)
-        stack.callback(runner.close)
-        stop_on_signals(runner)
+        steps = _SessionLog(recorder, root, session, scene)
+        if args.device == "guiding":
+            guided = GuidedRecording(arm, gripper, cameras, device, steps, plan.safety, args.fps, estop=estop,
+                                     judge=scene.verdict if cell is not None else None)
+            stack.callback(device.close)
+            driver.append(guided)
+            run = lambda: guided.run(plan.episodes, scene, runner_cfg.max_episode_s)  # noqa: E731
+        else:
+            runner = Runner(runner_cfg, plan.safety, arm=arm, gripper=gripper, cameras=cameras, policy=device,
+                            scene=scene, task=args.task, policy_name=f"teleop:{args.device}", estop=estop,
+                            status=status, steps=steps)
+            stack.callback(runner.close)  # also closes the device
+            driver.append(runner)
+            run = lambda: runner.run(plan.episodes)  # noqa: E731
+        stop_on_signals(driver[0])
         panel = RecordingPanel(recorder, args.task, args.device, plan.episodes, args.fps, help_text, console)
         console.print(f"recording [b]{args.task}[/b] into {root} ({writer.num_episodes} episodes there already)")
         with panel.shown():
-            runner.run(plan.episodes)
+            run()
         return recorder.history
 
 
@@ -217,8 +245,12 @@ def _replay(args: argparse.Namespace) -> int:
 
     result = replay_episode(args.root, args.episode, sim=args.sim, launch=args.launch, seed=args.seed)
     console.print(tracking_table(result))
-    if args.tolerance_mm is not None and result.max_position_error_m * 1e3 > args.tolerance_mm:
-        console.print(f"[red]the replayed path left the recorded one by {result.max_position_error_m * 1e3:.1f} mm "
+    console.print(f"replay outcome: {result.outcome}, success: {result.success}")
+    if args.json is not None:
+        L.atomic_write_json(args.json, dataclasses.asdict(result))
+    deviation_mm = result.tracking.path_deviation_max_m * 1e3
+    if args.tolerance_mm is not None and deviation_mm > args.tolerance_mm:
+        console.print(f"[red]the replayed TCP left the recorded path by {deviation_mm:.1f} mm "
                       f"(tolerance {args.tolerance_mm} mm)[/red]")
         return 1
     return 0
@@ -251,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--sim", action="store_true")
     rep.add_argument("--launch", type=Path, help="launch YAML (default with --sim: launch/sim.yaml)")
     rep.add_argument("--seed", type=int, help="sim layout seed (default: the one the session file recorded)")
-    rep.add_argument("--tolerance-mm", type=float, help="exit 1 if the replayed path leaves the recorded one by more")
+    rep.add_argument("--tolerance-mm", type=float,
+                     help="exit 1 if the replayed TCP strays further than this from the recorded path")
+    rep.add_argument("--json", type=Path, help="also write the comparison as JSON here")
     add_log_level_option(rep)
     return parser
 

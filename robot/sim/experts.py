@@ -234,10 +234,11 @@ class ScriptedExpert:
         return self._T_cmd.copy(), w.gripper_open
 
 
-def scripted_policy(cell: SimWorkcell, runner: RunnerConfig, safety: SafetyConfig) -> ScriptedPolicy:
+def scripted_policy(cell: SimWorkcell, runner: RunnerConfig, safety: SafetyConfig,
+                    max_speed: float = 0.15) -> ScriptedPolicy:
     """The task's expert as a loop policy (`dv-robot --policy scripted`, `dv-teleop --device scripted`), planned
     from the sim's object poses at each episode's first observation, moving well inside the envelope's limits."""
-    speed = min(0.15, 0.6 * safety.max_speed_mps)
+    speed = min(max_speed, 0.6 * safety.max_speed_mps)
     turn = min(0.6, 0.9 * safety.max_angular_speed_rps)
     return ScriptedPolicy(lambda T0: ScriptedExpert(plan_task(cell.task, cell.state()), T0, rate_hz=runner.rate_hz,
                                                     max_speed=speed, max_angular_speed=turn),

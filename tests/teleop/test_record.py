@@ -301,3 +301,95 @@ def test_spacemouse_dead_zone_operator_frame_buttons_and_a_lost_device_stops_the
     finally:
         source.close()
     assert mouse.closed
+
+
+# ------------------------------------------------------------------------------------------- hand-guiding
+
+
+class _GuidedArm:
+    """A hand-guided arm: each read returns the next pose of a path (x grows 5 mm per read; read 6 jumps 60 mm,
+    a push faster than the envelope allows)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read_state(self):
+        T = np.eye(4)
+        T[:3, :3] = np.diag([1.0, -1.0, -1.0])
+        T[:3, 3] = [0.35 + 0.005 * self.reads + (0.06 if self.reads >= 6 else 0.0), 0.0, 0.4]
+        self.reads += 1
+        return ticks.arm_state(T, time.monotonic_ns())
+
+
+class _Gripper:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.state = ticks.tick(0).gripper
+
+    def open(self) -> bool:
+        self.calls.append("open")
+        return True
+
+    def close(self) -> bool:
+        self.calls.append("close")
+        return True
+
+
+class _Camera:
+    def __init__(self, name: str) -> None:
+        self.name, self.n = name, 0
+
+    def read_latest(self):
+        self.n += 1
+        return ticks.tick(self.n).frames[self.name]
+
+
+class _Script:
+    """Keys of an operator: the gripper closes at tick 3, the episode ends at tick 8 (0-based)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def start(self) -> None:
+        self.calls = 0
+
+    def command(self) -> TeleopCommand:
+        self.calls += 1
+        return TeleopCommand(gripper_open=self.calls < 4, end_episode=self.calls >= 9)
+
+    def close(self) -> None:
+        return None
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.ticks, self.ended = [], []
+
+    def begin(self, episode, instruction) -> None: ...
+
+    def record(self, tick) -> None:
+        self.ticks.append(tick)
+
+    def end(self, record) -> None:
+        self.ended.append(record)
+
+
+def test_guiding_records_the_measured_motion_as_actions_and_the_envelope_judges_it():
+    from robot.safety import SafetyConfig
+    from teleop.guiding import GuidedRecording
+
+    sink, gripper = _Collect(), _Gripper()
+    guided = GuidedRecording(_GuidedArm(), gripper, {n: _Camera(n) for n in ticks.CAMERAS}, _Script(), sink,
+                             SafetyConfig(), rate_hz=30.0)  # step cap 0.25 m/s / 30 Hz = 8.3 mm
+    record = guided.run_episode(1, "open the drawer", max_s=5.0)
+    assert record.outcome == "done" and len(sink.ticks) == 8  # 9 ticks; the last has no next pose, so no row
+    for tick in sink.ticks:  # action t = the motion from pose t to pose t+1, in the action convention
+        np.testing.assert_allclose(compose(tick.arm.T_base_ee, tick.action)[:3, 3], tick.target[:3, 3], atol=1e-9)
+    steps = [t.action[0] for t in sink.ticks]
+    assert steps[:5] == pytest.approx([0.005] * 5) and steps[5] == pytest.approx(0.065)
+    assert [t.action[6] for t in sink.ticks] == [1, 1, 1, 0, 0, 0, 0, 0]  # the key closes it at tick 3
+    assert [t.state[6] for t in sink.ticks][:5] == [1, 1, 1, 1, 0]  # the state shows it from the next tick
+    assert gripper.calls == ["open", "close"]
+    assert record.interventions.get("step_translation") == 1  # the 65 mm push would have been clamped
+    guided.request_stop("test")
+    assert guided.run_episode(2, "again", max_s=5.0).outcome == "aborted:interrupted"

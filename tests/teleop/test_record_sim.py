@@ -22,9 +22,9 @@ pytest.importorskip("franky_sim")
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-# Replayed vs recorded measured TCP path on drawer_open (issue 5 §4). Measured on the 2-core dev VM: max 2.8 mm,
-# RMS 1.1 mm (two replays); the bound leaves room for the sim's timing jitter under load, not for a convention
-# error, which shows up as centimetres within the first second.
+# Replayed vs recorded TCP on drawer_open (issue 5 §4): the replayed TCP's distance from the recorded path.
+# Measured on the 2-core dev VM with other processes loading it: 4.2 mm and 7.0 mm max (RMS 0.4 / 0.7 mm); the
+# commanded targets were identical (0.000 mm), which is the part a convention mismatch would break.
 REPLAY_TOLERANCE_MM = 20.0
 
 
@@ -79,13 +79,17 @@ def test_recorded_dataset_holds_both_cameras_depth_proprio_actions_and_the_sessi
     assert session["launch"]["cameras"][0]["width"] == 64 and session["calibration_hash"]
 
 
-def test_replay_tracks_the_recorded_path(recorded):
+def test_replay_tracks_the_recorded_path(recorded, tmp_path):
     launch, root = recorded
     out = _teleop("replay", str(root), "--episode", "1", "--sim", "--launch", str(launch),
-                  "--tolerance-mm", str(REPLAY_TOLERANCE_MM))
+                  "--tolerance-mm", str(REPLAY_TOLERANCE_MM), "--json", str(tmp_path / "replay.json"))
     print(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "replay vs recording" in out.stdout
+    result = json.loads((tmp_path / "replay.json").read_text())
+    tracking = result["tracking"]
+    assert result["outcome"] == "success" and tracking["compared"] >= 0.9 * result["recorded"]
+    assert tracking["path_deviation_max_m"] <= REPLAY_TOLERANCE_MM / 1e3
+    assert tracking["target_error_max_m"] < 1e-4  # the same targets: float32 storage is the only difference
 
 
 def test_resuming_with_other_cameras_is_refused_naming_the_difference(recorded, tmp_path):
@@ -116,3 +120,19 @@ def test_sigint_mid_episode_finalises_the_dataset(tmp_path):
     assert "1 of 2 episodes kept" in out and "aborted:interrupted" in out
     assert verify(root).ok and json.loads(info.read_text())["total_episodes"] == 1
     assert not any((root / ".dv/staging").iterdir())
+
+
+def test_hand_guided_demo_in_sim_records_and_replays(tmp_path):
+    """--device guiding --sim: a scripted hand moves the arm while the passive loop records measured deltas; the
+    recorded actions, replayed as commands, redo the task. Commanded replay lags a hand-moved arm by about a tick
+    of controller lag, so its bound is looser: measured 13 mm and 33 mm max (the latter with another process
+    loading the 2 cores)."""
+    launch, root = _launch_file(tmp_path), tmp_path / "guided"
+    out = _teleop("record", "--task", "pick_bottle", "--sim", "--launch", str(launch), "--device", "guiding",
+                  "--episodes", "1", "--keep", "success", "--root", str(root))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 of 1 episodes kept" in out.stdout and verify(root).ok
+    out = _teleop("replay", str(root), "--episode", "0", "--sim", "--launch", str(launch), "--tolerance-mm", "50")
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "replay outcome: success, success: True" in out.stdout
