@@ -19,7 +19,6 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-import mujoco
 import numpy as np
 
 # A standard FR3 "ready" pose: TCP ~0.31 m in front of the base, 0.49 m above the table, pointing down.
@@ -218,6 +217,8 @@ def add_textured_plate(
     x along image columns, y along image rows, z into the plate; the print faces -z. MuJoCo draws a box's 2-D
     texture on its +z face with image columns along +x and rows along -y, hence the half-turn about x.
     """
+    import mujoco  # here, not at the top: launch-config loading imports this module without the sim extra
+
     asset = scene.find("asset")
     if asset is None:
         asset = ET.SubElement(scene, "asset")
