@@ -26,3 +26,23 @@ python=${PYTHON:-python3}
 .venv/bin/pip install -q "torch==2.13.0"
 .venv/bin/pip install -q -e ".[$extras]"
 echo "set up: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
+
+# --dev: lerobot itself, to test that its LeRobotDataset loads what dv-teleop records. lerobot 0.6 needs Python
+# 3.12 and its own torch (< 2.12), so it gets a venv of its own (~2 min, ~5 GB). Without a Python 3.12 the test
+# is skipped, and .venv-lerobot.skipped says why.
+if [[ "${1:-}" == "--dev" && ! -x .venv-lerobot/bin/python ]]; then
+  py312=""
+  for candidate in python3.12 "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.12*/bin/python3; do
+    "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { py312=$candidate; break; }
+  done
+  if [[ -n "$py312" ]]; then
+    rm -f .venv-lerobot.skipped
+    "$py312" -m venv .venv-lerobot
+    .venv-lerobot/bin/pip install -q --upgrade pip
+    .venv-lerobot/bin/pip install -q "lerobot[dataset]==0.6.1" pydantic
+    echo "set up: .venv-lerobot ($(.venv-lerobot/bin/python -c 'import lerobot; print("lerobot", lerobot.__version__)'))"
+  else
+    echo "no Python 3.12 on this machine: lerobot 0.6.1 needs it" > .venv-lerobot.skipped
+    echo "skipped .venv-lerobot: $(cat .venv-lerobot.skipped)"
+  fi
+fi

@@ -89,13 +89,13 @@ def _calibration_hash(calibration: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(calibration, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def open_dataset(root: Path, cameras: dict[str, Any], fps: int, launch: Any) -> DatasetWriter:
+def open_dataset(root: Path, cameras: dict[str, Any], fps: int, launch: Any, video_codec: str) -> DatasetWriter:
     """Create or resume `root`; a resume with other cameras, robot, rate or calibration is refused, naming it."""
     calibration = launch.calibration.model_dump(mode="json")
     robot_config = {"robot": launch.robot.model_dump(mode="json"),
                     "cameras": [c.model_dump(mode="json") for c in launch.cameras]}
     sizes = {name: (cam.config.height, cam.config.width, cam.config.depth) for name, cam in cameras.items()}
-    cfg = dataset_config(sizes, fps, robot_config, _calibration_hash(calibration))
+    cfg = dataset_config(sizes, fps, robot_config, _calibration_hash(calibration), video_codec)
     return DatasetWriter(root, cfg, min_free_bytes=256 << 20)
 
 
@@ -171,7 +171,7 @@ def _record(args: argparse.Namespace) -> list[EpisodeProgress]:
     root = args.root or Path("runs/datasets") / args.task
     with contextlib.ExitStack() as stack:
         cell, arm_cfg, cameras = open_devices(run_args, plan, stack)
-        writer = stack.enter_context(open_dataset(root, cameras, args.fps, plan.launch))
+        writer = stack.enter_context(open_dataset(root, cameras, args.fps, plan.launch, args.video_codec))
         arm = stack.enter_context(Arm(arm_cfg))
         gripper = stack.enter_context(Gripper(GripperConfig(host=arm_cfg.host)))
         device, answers, help_text = _device(args, cell, arm, runner_cfg, plan.safety)
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ask the operator (default), keep successes only, or keep every episode not aborted")
     rec.add_argument("--seed", type=int, default=0, help="sim layout seed of the first episode (then +1 each)")
     rec.add_argument("--max-episode-s", type=float, help="episode time limit (default: 300 s for a person)")
+    rec.add_argument("--video-codec", choices=["h264", "mp4v"], default="h264",
+                     help="h264 through PyAV (default), or OpenCV's mp4v (faster to encode, ~5x larger)")
     rec.add_argument("--queue", type=int, default=64, help="write queue length in frames before frames drop")
     add_log_level_option(rec)
     rep = sub.add_parser("replay", help="replay a recorded episode's actions through the robot runtime")
