@@ -77,6 +77,19 @@ def camera_pose_in_body(model: mujoco.MjModel, cam_id: int) -> np.ndarray:
     return T @ _MJCAM_T_OPTICAL
 
 
+def depth_buffer_to_mm(zbuf: np.ndarray, near: float, far: float) -> np.ndarray:
+    """Reversed depth-buffer values (1 near, 0 far) to metric z along the optical axis, uint16 millimetres.
+
+    Background (no return) and any non-finite value (a context's buffer before its first frame was seen to hold
+    NaN) become 0 = no data, as a D415 reports it, instead of an undefined cast."""
+    zbuf = zbuf.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = far * near / (zbuf * (far - near) + near)
+    valid = (zbuf > 0.0) & np.isfinite(z)
+    mm = np.where(valid, np.round(np.where(valid, z, 0.0) * 1000.0), 0.0)
+    return np.clip(mm, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
 class CameraRenderer:
     """Renders one named model camera to RGB uint8 and depth uint16 millimetres (0 = nothing within range)."""
 
@@ -128,12 +141,7 @@ class CameraRenderer:
         return rgb, depth_mm, float(self._data.time)
 
     def _depth_mm(self, zbuf: np.ndarray) -> np.ndarray:
-        """Reversed depth-buffer values (1 near, 0 far) to metric z along the optical axis, uint16 millimetres."""
-        near, far = self._near, self._far
-        z = far * near / (zbuf.astype(np.float64) * (far - near) + near)
-        mm = np.round(z * 1000.0)
-        mm[zbuf <= 0.0] = 0  # background: no return, as a D415 reports it
-        return np.clip(mm, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        return depth_buffer_to_mm(zbuf, self._near, self._far)
 
     def close(self) -> None:
         """Free the GL resources; call from the thread that created the renderer."""
