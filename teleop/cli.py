@@ -75,7 +75,8 @@ def make_decide(rule: str, answers: Answers | None, stopped: Callable[[], bool],
         with ask_panel():
             console.print(f"episode {record.index}: [b]{record.outcome}[/b] (success: {record.success}), "
                           f"{progress.written} steps, {progress.dropped} dropped"
-                          f"{' - DEGRADED' if progress.degraded else ''}. keep it? [y/n] ")
+                          f"{' - DEGRADED' if progress.degraded else ''}")
+            console.print("keep it? \\[y/n] ", end="")
             answer = answers.ask(stopped)
         return answer == "y"
 
@@ -207,6 +208,7 @@ def _record(args: argparse.Namespace) -> list[EpisodeProgress]:
         console.print(f"recording [b]{args.task}[/b] into {root} ({writer.num_episodes} episodes there already)")
         with panel.shown():
             run()
+        console.print()
         return recorder.history
 
 

@@ -136,3 +136,19 @@ def test_hand_guided_demo_in_sim_records_and_replays(tmp_path):
     print(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "replay outcome: success, success: True" in out.stdout
+
+
+def test_the_operator_keeps_or_discards_each_episode(tmp_path):
+    """--keep ask: after each episode the outcome (the sim's predicate) is shown and a y/n line decides."""
+    launch, root = _launch_file(tmp_path), tmp_path / "asked"
+    out = subprocess.run([sys.executable, "-m", "teleop.cli", "record", "--task", "pick_bottle", "--sim",
+                          "--launch", str(launch), "--device", "scripted", "--episodes", "2", "--keep", "ask",
+                          "--root", str(root)], cwd=REPO, env=ENV, input="n\ny\n", capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("keep it? [y/n]") == 2 and "(success: True)" in out.stdout
+    assert "1 of 2 episodes kept" in out.stdout
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["total_episodes"] == 1
+    session = json.loads(next((root / "meta/dv_sessions").glob("*.json")).read_text())
+    assert session["episodes"]["0"]["seed"] == 1  # the kept one is the second episode, layout seed 1
