@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,3 +153,46 @@ def test_the_operator_keeps_or_discards_each_episode(tmp_path):
     assert info["total_episodes"] == 1
     session = json.loads(next((root / "meta/dv_sessions").glob("*.json")).read_text())
     assert session["episodes"]["0"]["seed"] == 1  # the kept one is the second episode, layout seed 1
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux for a real terminal")
+def test_keyboard_teleop_in_a_terminal_records_the_keys_motion(tmp_path):
+    """--device keyboard in a real terminal (tmux): held `w` moves the arm along +x through the envelope, enter
+    ends the episode, `y` keeps it; the recorded actions move the target along +x and nothing else."""
+    launch, root = _launch_file(tmp_path), tmp_path / "keys"
+    session = f"teleop-test-{os.getpid()}"
+    exit_file = tmp_path / "exit.txt"
+    cmd = (f"cd {REPO} && MUJOCO_GL={ENV['MUJOCO_GL']} PYTHONPATH={REPO} {sys.executable} -m teleop.cli record "
+           f"--task pick_bottle --sim --launch {launch} --device keyboard --episodes 1 --root {root}; "
+           f"echo $? > {exit_file}; sleep 30")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "50", cmd], check=True)
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-S", "-200", "-t", session], capture_output=True,
+                              text=True).stdout
+
+    def wait_for(cond, what: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not cond():
+            assert time.monotonic() < deadline, f"{what}; screen:\n{screen()}"
+            time.sleep(0.2)
+
+    try:
+        wait_for(lambda: "step" in screen() and "episode      1/1" in screen(), "the episode never started")
+        time.sleep(1.0)
+        for _ in range(20):  # a held key: repeated presses, as a terminal's auto-repeat sends them
+            subprocess.run(["tmux", "send-keys", "-t", session, "w"], check=True)
+            time.sleep(0.05)
+        time.sleep(0.5)
+        subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
+        wait_for(lambda: "keep it?" in screen(), "no keep question")
+        subprocess.run(["tmux", "send-keys", "-t", session, "y"], check=True)
+        wait_for(exit_file.exists, "dv-teleop did not exit")
+        text = screen()
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert exit_file.read_text().strip() == "0" and "1 of 1 episodes kept" in text, text
+    rows = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    target = np.array(rows.column("action.target").to_pylist())
+    moved = target[-1, :3] - target[0, :3]
+    assert moved[0] > 0.03 and abs(moved[1]) < 0.005 and abs(moved[2]) < 0.005, moved
