@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=0, help="sim layout seed of the first episode (then +1 each)")
     rec.add_argument("--max-episode-s", type=float, help="episode time limit (default: 300 s for a person)")
     rec.add_argument("--video-codec", choices=["h264", "mp4v"], default="h264",
-                     help="h264 through PyAV (default), or OpenCV's mp4v (faster to encode, ~5x larger)")
+                     help="h264 through PyAV (default; lerobot's tools accept it), or OpenCV's mp4v (faster to encode)")
     rec.add_argument("--queue", type=int, default=64, help="write queue length in frames before frames drop")
     add_log_level_option(rec)
     rep = sub.add_parser("replay", help="replay a recorded episode's actions through the robot runtime")

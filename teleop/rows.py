@@ -32,7 +32,7 @@ JOINT_NAMES = [f"q{i}" for i in range(1, 8)]
 def dataset_config(cameras: Mapping[str, tuple[int, int, bool]], fps: int, robot_config: dict[str, Any],
                    calibration_hash: str | None, video_codec: str = "h264") -> DatasetConfig:
     """cameras: name -> (height, width, has depth). Everything here must match for a later resume. h264 (PyAV) by
-    default: ~5x smaller than OpenCV's mp4v, and lerobot's dataset tools (delete_episodes) accept it."""
+    default: lerobot's dataset tools (delete_episodes, re-encoding) refuse OpenCV's mp4v."""
     names = list(cameras)
     return DatasetConfig(
         fps=fps, robot_type="franka", state_names=STATE_NAMES, action_names=ACTION_NAMES,

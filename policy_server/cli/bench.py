@@ -13,6 +13,7 @@ from rich.table import Table
 from policy_server.bench import serve_latency
 from policy_server.cli.common import run_subcommand
 from robot import bench as robot_bench
+from teleop import bench as record_bench
 
 if TYPE_CHECKING:
     from policy_server.bench.model_latency import BenchResult
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("robot", help="control loop in the sim workcell: tick jitter, latency, e-stop, velocity jumps")
     robot_bench.add_arguments(p)
     p.set_defaults(func=robot_bench.command)
+
+    p = sub.add_parser("record", help="cost of writing one recorded tick per video codec, against the tick budget")
+    record_bench.add_arguments(p)
+    p.set_defaults(func=record_bench.command)
     return parser
 
 
