@@ -21,9 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.text import Text
 
+from calibration.collect import CALIBRATION_DYNAMICS
 from calibration.handeye import CalibrationError, HandEyeResult, calibrate, pose_error
 from calibration.record import pose_numbers, stamped
 
@@ -90,32 +92,47 @@ def _emit(fragment: dict[str, Any], args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ handeye
 
 
-def _measure_sim(args: argparse.Namespace) -> tuple[HandEyeResult, Any]:
-    from calibration.sim_board import collect_sim
+def _measure(args: argparse.Namespace, config: Any) -> tuple[HandEyeResult, Any, np.ndarray | None]:
+    """Collect (sim, or the rig the launch file names) and calibrate: (result, collection, sim truth or None)."""
+    if config is None or config.robot.kind == "sim":
+        from calibration.sim_board import collect_sim
 
-    col = collect_sim(args.camera, n_poses=args.poses, noise_px=args.noise_px, seed=args.seed, render=args.render)
-    console.print(f"{len(col.observations)} usable poses ({col.skipped_unreachable} unreachable, "
-                  f"{col.skipped_not_visible} without the board in view)")
-    return calibrate(col.observations, col.mode, col.K), col
+        sim = collect_sim(args.camera, n_poses=args.poses, noise_px=args.noise_px, seed=args.seed, render=args.render,
+                          safety=config.safety if config is not None else None, dynamics=args.dynamics)
+        col, truth = sim.collection, sim.T_true
+    else:
+        from calibration.rig import collect_real
+
+        col, truth = collect_real(config, args.camera, args.poses, seed=args.seed, board_in_base=args.board_in_base,
+                                  dynamics=args.dynamics, progress=lambda m: console.print(Text(m))), None
+    console.print(Text(col.summary()))
+    for why in col.refused:
+        console.print(Text(f"refused {why}", style="yellow"))
+    return calibrate(col.observations, col.mode, col.K, col.dist), col, truth
 
 
 def _handeye(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    config = _load(args.write_launch, args.sim)
-    sim = args.sim or (config is not None and config.robot.kind == "sim")
-    if not sim:
-        raise UsageError("hand-eye on the real arm is not implemented yet: it needs --sim (and a sim launch file)")
+    config = _load(args.launch or args.write_launch, args.sim)
+    if config is None and not args.sim:
+        raise UsageError("name the rig with --launch FILE (a real rig's or a sim one), or use --sim")
     try:
-        result, col = _measure_sim(args)
+        result, _, truth = _measure(args, config)
     except CalibrationError as e:
         _error(f"calibration refused: {e}")
         return 1
-    table = Table("method", "held-out reproj [px]", "err vs sim truth [mm]", "[deg]")
+    columns = ["method", "held-out reproj [px]"] + (["err vs sim truth [mm]", "[deg]"] if truth is not None else [])
+    table = Table(*columns)
     for m, r in result.methods.items():
-        dt, dr = pose_error(r.T, col.T_true)
-        table.add_row(m, f"{r.reproj_px:.3f}", f"{dt * 1e3:.2f}", f"{dr:.3f}")
+        row = [m, f"{r.reproj_px:.3f}"]
+        if truth is not None:
+            dt, dr = pose_error(r.T, truth)
+            row += [f"{dt * 1e3:.2f}", f"{dr:.3f}"]
+        table.add_row(*row)
     console.print(table)
+    console.print(f"best: {result.best.method}, held-out reprojection {result.best.reproj_px:.3f} px "
+                  f"({result.n_train} training, {result.n_holdout} held-out poses)")
     return _emit(result_fragment(args.camera, result), args)
 
 
@@ -178,16 +195,12 @@ def _check(args: argparse.Namespace) -> int:
     from calibration.check import check_age, compare, stored_pose
 
     config = _load(args.launch, args.sim)
-    sim = config.robot.kind == "sim"
-    if not sim and not args.age_only:
-        raise UsageError("re-measuring on the real arm is not implemented yet: use a sim launch file, or "
-                         "--age-only to check presence and age")
     pose = stored_pose(config, args.camera)
     result = check_age(pose, args.camera, args.max_age_h)
     if result.status == "ok" and not args.age_only:
         console.print(result.message)
         try:
-            measured, _ = _measure_sim(args)
+            measured, _, _ = _measure(args, config)
         except CalibrationError as e:
             _error(f"re-measurement refused: {e}")
             return 1
@@ -200,10 +213,28 @@ def _check(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ main
 
 
+def _xyz(text: str) -> np.ndarray:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not np.all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z in metres, got {text!r}")
+    return np.array(values)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dv-calib", description="Camera calibration for the DreamVLA rig.")
     sub = parser.add_subparsers(dest="command", required=True)
     camera = {"choices": ["wrist", "static"]}
+
+    def motion_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dynamics", type=float, default=CALIBRATION_DYNAMICS,
+                       help="relative dynamics factor of the calibration moves, capped by the launch file's "
+                       "safety.relative_dynamics_factor (default %(default)s)")
+        p.add_argument("--board-in-base", type=_xyz, default=None, metavar="X,Y,Z",
+                       help="real wrist camera: the board's centre in base (m); the poses pivot about it "
+                       "(default: a point 0.35 m in front of the camera at the start pose)")
 
     def sim_args(p: argparse.ArgumentParser, render: bool = True) -> None:
         p.add_argument("--sim", action="store_true", help="the sim workcell (implied by a sim launch file)")
@@ -220,7 +251,10 @@ def _parser() -> argparse.ArgumentParser:
 
     he = sub.add_parser("handeye", help="hand-eye calibration (eye-in-hand wrist, eye-to-base static)")
     he.add_argument("--camera", required=True, **camera)
+    he.add_argument("--launch", default=None, help="launch file of the rig (robot, cameras, safety, e-stop, "
+                    "intrinsics); default: the --write-launch file")
     he.add_argument("--poses", type=int, default=12)
+    motion_args(he)
     sim_args(he)
     output_args(he)
 
@@ -240,6 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--tol-deg", type=float, default=0.5)
     ck.add_argument("--poses", type=int, default=8, help="poses for the re-measurement")
     ck.add_argument("--age-only", action="store_true", help="check presence and age only, no re-measurement")
+    motion_args(ck)
     sim_args(ck)
     ck.set_defaults(seed=1)  # other poses than the calibration's default seed: an independent re-measurement
     return parser
@@ -247,10 +282,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    for name in ("poses", "views", "max_age_h", "tol_mm", "tol_deg", "noise_px"):
+    for name in ("poses", "views", "max_age_h", "tol_mm", "tol_deg", "noise_px", "dynamics"):
         value = getattr(args, name, None)
-        if value is not None and (value < 0 or (name in ("poses", "views") and value < 1)):
-            _error(f"dv-calib: --{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and (value < 0 or (name in ("poses", "views") and value < 1)
+                                  or (name == "dynamics" and not 0 < value <= 1)):
+            rule = "in (0, 1]" if name == "dynamics" else "positive"
+            _error(f"dv-calib: --{name.replace('_', '-')} must be {rule}, got {value}")
             return 2
     try:
         return {"handeye": _handeye, "intrinsics": _intrinsics, "check": _check}[args.command](args)

@@ -1,7 +1,7 @@
-"""Hand-eye data from the sim workcell: the real franky-sim arm moves, a ChArUco board is observed.
+"""Hand-eye data from the sim workcell: the franky-sim arm moves through `calibration.collect.collect`, the
+real rig's collector (envelope check, e-stop, settle, arm errors), and a ChArUco board is observed.
 
-Two ways to observe the board, both at the arm pose franky-sim actually reached (`ArmState.T_base_ee` read
-after the motion):
+Two ways to observe the board, both at the settled arm pose franky-sim reached (`ArmState.T_base_ee`):
 - projected (default): the board's corners go through the sim camera's true intrinsics and true pose, plus
   pixel noise. Fast, and the noise is known.
 - rendered (`render=True`): the board is a textured plate in the MuJoCo scene; the sim camera renders it and
@@ -23,9 +23,11 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from calibration.charuco import BoardSpec, board_pose, camera_matrix, detect, synthetic_observation
-from calibration.handeye import BoardNotVisibleError, Mode, Observation, inv_T, make_T, pose_error
+from calibration.charuco import BoardSpec, camera_matrix, synthetic_observation
+from calibration.collect import CALIBRATION_DYNAMICS, Collection, check_pose, collect
+from calibration.handeye import MIN_POSES, Mode, Observation, inv_T, make_T
 from calibration.poses import generate_poses
+from robot.safety import SafetyConfig
 
 # wrist: a 1 mm board flat on the table in front of the robot, print up (board x = base x, y = -base y)
 T_BASE_BOARD = make_T(Rotation.from_euler("x", 180, degrees=True).as_matrix(), [0.45, 0.10, 0.001])
@@ -54,20 +56,28 @@ SETUPS = {
 
 @dataclass
 class SimCollection:
-    observations: list[Observation]
-    K: np.ndarray
+    """What `collect` gathered in the sim, with the ground truth it must recover."""
+
+    collection: Collection
     image_size: tuple[int, int]
     T_true: np.ndarray  # ground truth: T_ee_cam (wrist) or T_base_cam (static)
-    mode: Mode
-    reached: int
-    skipped_unreachable: int
-    skipped_not_visible: int
+
+    @property
+    def observations(self) -> list[Observation]:
+        return self.collection.observations
+
+    @property
+    def K(self) -> np.ndarray:  # noqa: N802 - the camera matrix's usual name
+        return self.collection.K
+
+    @property
+    def mode(self) -> Mode:
+        return self.collection.mode
 
 
-def clip_to_workspace(lo, hi, margin: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
-    from robot.safety import SafetyConfig
-
-    box = SafetyConfig().workspace
+def clip_to_workspace(lo, hi, safety: SafetyConfig | None = None,
+                      margin: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+    box = (safety or SafetyConfig()).workspace
     blo, bhi = np.asarray(box.lo) + margin, np.asarray(box.hi) - margin
     return np.clip(lo, blo, bhi), np.clip(hi, blo, bhi)
 
@@ -99,34 +109,6 @@ def _clear_board(cell, margin: float = 0.08, tries: int = 20) -> None:
     raise RuntimeError("no layout of the task leaves the calibration board free")
 
 
-def _settled_pose(arm, tol_rad: float = 2e-5, timeout_s: float = 3.0) -> np.ndarray:
-    """T_base_ee once the joints have stopped: franky-sim reports the commanded pose as O_T_EE as soon as a
-    motion ends, while the simulated joints still converge for ~0.5 s (15 mm / 3.5 deg off at first). Only
-    `q` is measured, so the wait watches `q`; an image taken earlier shows the camera somewhere else."""
-    import time
-
-    previous, deadline = arm.read_state().joint_positions, time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        q = arm.read_state().joint_positions
-        if np.max(np.abs(q - previous)) < tol_rad:
-            break
-        previous = q
-    return arm.read_state().T_base_ee
-
-
-def _rendered_frame(camera, cell, timeout_s: float = 2.0) -> np.ndarray:
-    """The first colour image rendered from a physics state after this call (the arm has settled)."""
-    import time
-
-    t_sim_ms, deadline = cell.sim_time * 1e3, time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        frame = camera.read(timeout_s)
-        if frame.device_ts_ms > t_sim_ms:
-            return frame.color
-    raise TimeoutError("the sim camera delivered no frame rendered after the motion")
-
-
 def collect_sim(
     camera: str,
     n_poses: int = 12,
@@ -135,12 +117,15 @@ def collect_sim(
     workcell=None,
     spec: BoardSpec | None = None,
     poses: list[np.ndarray] | None = None,
-    dynamics: float = 0.4,
+    dynamics: float = CALIBRATION_DYNAMICS,
     render: bool = False,
+    safety: SafetyConfig | None = None,
+    min_poses: int = MIN_POSES,
 ) -> SimCollection:
-    """Drive the sim arm through `n_poses` poses (or the given `poses`) and observe the board: projected
-    (`noise_px` of noise), or rendered and detected (`render`; then the workcell is always our own, since
-    the board must be in its scene)."""
+    """Drive the sim arm through `n_poses` poses (or the given `poses`) with `collect`, the real rig's collector,
+    and observe the board: rendered by the sim camera and detected (`render`; then the workcell is always our
+    own, since the board must be in its scene), or projected from the settled pose (`noise_px` of noise).
+    `safety` (default: `SafetyConfig()`, as launch/sim.yaml) bounds the poses and the dynamics."""
     from robot.arm import Arm, ArmConfig
     from robot.cameras.sim import SimCamera, SimCameraConfig
     from robot.sim.workcell import SimWorkcell
@@ -149,7 +134,7 @@ def collect_sim(
         raise ValueError(f"camera must be 'wrist' or 'static', got {camera!r}")
     if render and workcell is not None:
         raise ValueError("render=True builds its own workcell (the board must be in the scene)")
-    setup, spec = SETUPS[camera], spec or BoardSpec()
+    setup, spec, safety = SETUPS[camera], spec or BoardSpec(), safety or SafetyConfig()
     rng = np.random.default_rng(seed)
     with ExitStack() as stack:
         if render:
@@ -167,32 +152,19 @@ def collect_sim(
         K = camera_matrix(intr.fx, intr.fy, intr.cx, intr.cy)
         size = (intr.width, intr.height)
         if poses is None:
-            lo, hi = clip_to_workspace(setup.lo, setup.hi)
+            lo, hi = clip_to_workspace(setup.lo, setup.hi, safety)
             poses = generate_poses(n_poses, setup.target, setup.axis_in_ee, lo, hi, seed=seed,
-                                   toward_target=True)
-        cfg = ArmConfig(host=cell.hostname, realtime="ignore", relative_dynamics_factor=dynamics)
-        arm = stack.enter_context(Arm(cfg))
-        obs, unreachable, invisible = [], 0, 0
-        for T_goal in poses:
-            ok = arm.move_to(T_goal, asynchronous=False)
-            T = _settled_pose(arm) if render else arm.read_state().T_base_ee
-            dt, dr = pose_error(T, T_goal)
-            if not ok or arm.poll_error() is not None or dt > 0.01 or dr > 2.0:
-                unreachable += 1
-                arm.recover()
-                continue
+                                   toward_target=True, accept=lambda T: check_pose(T, safety) is None)
+
+        def project(T: np.ndarray, _settled_ns: int) -> tuple[np.ndarray, np.ndarray]:
             if setup.mode == "eye_in_hand":
                 T_cam_board = inv_T(T @ cam.T_mount_cam) @ T_BASE_BOARD
             else:
                 T_cam_board = inv_T(cam.T_mount_cam) @ T @ T_EE_BOARD
-            try:
-                if render:
-                    o, i = detect(_rendered_frame(cam, cell), spec)
-                else:
-                    o, i = synthetic_observation(T_cam_board, spec, K, size, noise_px, rng)
-            except BoardNotVisibleError:
-                invisible += 1
-                continue
-            obs.append(Observation(T, o, i, board_pose(o, i, K)))
-        return SimCollection(obs, K, size, cam.T_mount_cam.copy(), setup.mode, len(poses) - unreachable,
-                             unreachable, invisible)
+            return synthetic_observation(T_cam_board, spec, K, size, noise_px, rng)
+
+        cfg = ArmConfig(host=cell.hostname, realtime="ignore", relative_dynamics_factor=safety.relative_dynamics_factor)
+        arm = stack.enter_context(Arm(cfg))
+        col = collect(arm, cam if render else None, K, spec, poses, setup.mode, safety, dynamics=dynamics,
+                      observe=None if render else project, min_poses=min_poses, settle=render)
+        return SimCollection(col, size, cam.T_mount_cam.copy())

@@ -181,8 +181,18 @@ def test_sim_intrinsics_and_charuco_recovers_the_truth(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory) -> Path:
     """A sim launch file with the wrist camera calibrated by `dv-calib handeye` itself."""
-    path = _copy(SIM, tmp_path_factory.mktemp("check"))
-    assert main(["handeye", "--camera", "wrist", "--poses", "8", "--write-launch", str(path)]) == 0
+    path = _fast_sim(tmp_path_factory.mktemp("check"))
+    assert main(["handeye", "--camera", "wrist", "--poses", "8", "--dynamics", "0.4", "--write-launch", str(path)]) == 0
+    return path
+
+
+def _fast_sim(tmp_path: Path) -> Path:
+    """launch/sim.yaml with a dynamics ceiling of 0.4 instead of 0.1: dv-calib caps its moves at the file's
+    safety.relative_dynamics_factor, and in sim the bring-up value only costs test time."""
+    path = tmp_path / "sim_fast.yaml"
+    path.write_text(re.sub(r"^safety:.*$", r"\g<0>\n  relative_dynamics_factor: 0.4", SIM.read_text(), count=1,
+                           flags=re.M))
+    assert load_launch_config(path).safety.relative_dynamics_factor == 0.4
     return path
 
 
@@ -196,7 +206,7 @@ def _with_wrist(src: Path, dst: Path, **changes) -> Path:
 
 
 def test_check_fresh_and_consistent(calibrated, capsys):
-    assert main(["check", "--launch", str(calibrated), "--camera", "wrist"]) == 0
+    assert main(["check", "--launch", str(calibrated), "--camera", "wrist", "--dynamics", "0.4"]) == 0
     err = capsys.readouterr().err
     assert "OK: re-measured T_ee_cam_wrist differs by" in err
     print(err)
@@ -207,7 +217,7 @@ def test_check_off(calibrated, tmp_path, capsys):
     T = pose_from_numbers(stored["xyz"], stored["quat_xyzw"])
     T[:3, 3] += [0.005, 0.0, 0.0]  # a camera bumped by 5 mm
     path = _with_wrist(calibrated, tmp_path / "off.yaml", **pose_numbers(T))
-    assert main(["check", "--launch", str(path), "--camera", "wrist"]) == 1
+    assert main(["check", "--launch", str(path), "--camera", "wrist", "--dynamics", "0.4"]) == 1
     err = capsys.readouterr().err
     assert re.search(r"OFF: T_ee_cam_wrist is off: re-measured T_ee_cam_wrist differs by [45]\.\d\d mm", err)
     print(err)
@@ -238,16 +248,22 @@ def test_check_bad_inputs(tmp_path, capsys):
         "timestamp: yesterday}\n"))
     assert main(["check", "--launch", str(bad), "--camera", "wrist"]) == 2
     assert "calibration.T_ee_cam_wrist.timestamp: timestamp 'yesterday' is not ISO 8601" in capsys.readouterr().err
-    assert main(["check", "--launch", str(REAL), "--camera", "wrist"]) == 2
-    assert "re-measuring on the real arm is not implemented" in capsys.readouterr().err
-    assert main(["check", "--launch", str(REAL), "--camera", "wrist", "--age-only"]) == 1  # nothing stored yet
+    # a real rig's file: nothing stored yet, so MISSING before any re-measurement would move the arm
+    assert main(["check", "--launch", str(REAL), "--camera", "wrist"]) == 1
+    assert "MISSING: T_ee_cam_wrist is not calibrated" in capsys.readouterr().err
+    assert main(["check", "--launch", str(REAL), "--camera", "wrist", "--age-only"]) == 1
     assert main(["check", "--launch", str(REAL), "--camera", "wrist", "--sim"]) == 2
     assert "--sim needs a sim launch file" in capsys.readouterr().err
     assert main(["check", "--launch", str(SIM), "--camera", "wrist", "--tol-mm", "-1"]) == 2
     assert main(["handeye", "--camera", "wrist"]) == 2
-    assert "needs --sim" in capsys.readouterr().err
-    assert main(["handeye", "--camera", "wrist", "--sim", "--poses", "3"]) == 1
-    assert "calibration refused: 3 usable poses, need at least 5" in capsys.readouterr().err
+    assert "name the rig with --launch FILE" in capsys.readouterr().err
+    assert main(["handeye", "--camera", "wrist", "--launch", str(REAL), "--sim"]) == 2
+    assert "--sim needs a sim launch file" in capsys.readouterr().err
+    assert main(["handeye", "--camera", "wrist", "--sim", "--dynamics", "1.5"]) == 2
+    assert "--dynamics must be" in capsys.readouterr().err
+    fast = _fast_sim(tmp_path)
+    assert main(["handeye", "--camera", "wrist", "--launch", str(fast), "--poses", "3", "--dynamics", "0.4"]) == 1
+    assert "calibration refused: 3 usable poses, need at least 5: 3 usable of 3 poses" in capsys.readouterr().err
     assert main(["intrinsics", "--launch", str(SIM), "--camera", "wrist", "--out", str(tmp_path / "no" / "x")]) == 2
     assert "cannot write --out" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:

@@ -1,0 +1,120 @@
+"""Hand-eye collection on the real rig, from the launch file: the FR3 (`robot.arm.Arm`), the camera
+(`make_camera`), its intrinsics, the safety envelope and the e-stop, all handed to `calibration.collect`, the
+same collector the sim's `--render` path runs.
+
+The operator puts the ChArUco board in view (on the table for the wrist camera, on the hand for the static
+one) and jogs the arm to a start pose where the camera sees it; the poses are generated around that pose
+(`poses_around`), the arm returns to it at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+
+from calibration.charuco import BoardSpec, camera_matrix
+from calibration.collect import (
+    CALIBRATION_DYNAMICS,
+    Collection,
+    CollectionAborted,
+    check_pose,
+    collect,
+    go_to,
+    pivot_point,
+    poses_around,
+    wait_settled,
+)
+from calibration.handeye import CalibrationError, Mode
+
+MODES: dict[str, Mode] = {"wrist": "eye_in_hand", "static": "eye_to_base"}
+# the wrist D415's rough view axis in `ee` (mount CAD; the calibration measures the real one)
+WRIST_VIEW_AXIS = np.array([0.34, 0.0, 0.94])
+OPENCV_MODELS = ("brown_conrady", "none")  # librealsense models whose coefficients are OpenCV's (k1 k2 p1 p2 k3)
+
+
+def lens_model(numbers: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(K, dist) from intrinsics numbers (a launch-file entry or a driver's factory values)."""
+    K = camera_matrix(numbers["fx"], numbers["fy"], numbers["cx"], numbers["cy"])
+    coeffs = np.asarray(numbers.get("coeffs") or [], float)
+    model = numbers.get("model", "none")
+    if model in OPENCV_MODELS or not np.any(coeffs):
+        return K, np.pad(coeffs, (0, max(0, 5 - len(coeffs))))[:5] if model != "none" else np.zeros(5)
+    raise CalibrationError(f"distortion model {model!r} with non-zero coefficients has no OpenCV equivalent here; "
+                           "run `dv-calib intrinsics --charuco` to store Brown-Conrady intrinsics first")
+
+
+def camera_numbers(config: Any, role: str, camera: Any) -> dict[str, Any]:
+    """The launch file's `calibration.intrinsics.<role>` when present, else what the driver reports."""
+    stored = config.calibration.intrinsics.get(role)
+    if stored is not None:
+        return stored.model_dump()
+    factory = getattr(camera, "factory_intrinsics", None)
+    values = factory() if factory is not None else camera.intrinsics
+    return {k: getattr(values, k) for k in ("fx", "fy", "cx", "cy")} | {
+        "model": getattr(values, "model", "none"), "coeffs": list(getattr(values, "coeffs", ()))}
+
+
+def open_estop(config: Any, stack: ExitStack, wait_s: float, progress: Callable[[str], None]) -> Any:
+    """The launch file's e-stop listener when one is required (a real robot by default): wait up to `wait_s`
+    for a console, then begin motion (ARMED -> RUN). None when the launch file requires none."""
+    if not config.estop_required:
+        return None
+    import time
+
+    from robot.estop import EStopListener
+    from robot.estop.listener import EStopMode
+
+    listener = stack.enter_context(EStopListener(config.estop.endpoint, required=True,
+                                                 timeout_s=config.estop.timeout_s))
+    progress(f"waiting up to {wait_s:g} s for the e-stop console (`dv-estop --endpoint {config.estop.endpoint}`)")
+    deadline = time.monotonic() + wait_s
+    state = listener.check()
+    while state.mode is EStopMode.WAITING and time.monotonic() < deadline:
+        time.sleep(0.05)
+        state = listener.check()
+    state = listener.begin_motion()
+    if not state.may_move:
+        raise CollectionAborted(f"e-stop {state.describe()}: no motion allowed; start the dv-estop console "
+                                f"on {config.estop.endpoint} and release any stop")
+    return listener
+
+
+def collect_real(
+    config: Any,
+    camera: str,
+    n_poses: int,
+    seed: int = 0,
+    board_in_base: np.ndarray | None = None,
+    dynamics: float = CALIBRATION_DYNAMICS,
+    estop_wait_s: float = 30.0,
+    spec: BoardSpec | None = None,
+    progress: Callable[[str], None] = print,
+) -> Collection:
+    """Collect hand-eye observations for `camera` ('wrist' | 'static') on the rig the launch file describes."""
+    from robot.arm import Arm
+    from robot.cameras import make_camera
+
+    mode, safety = MODES[camera], config.safety
+    with ExitStack() as stack:
+        estop = open_estop(config, stack, estop_wait_s, progress)
+        arm_cfg = config.robot.arm.model_copy(update={"relative_dynamics_factor": min(
+            config.robot.arm.relative_dynamics_factor, safety.relative_dynamics_factor)})
+        arm = stack.enter_context(Arm(arm_cfg))
+        cam = stack.enter_context(make_camera(config.camera(camera)))
+        K, dist = lens_model(camera_numbers(config, camera, cam))
+        T_start = np.array(wait_settled(arm).T_base_ee)
+        why = check_pose(T_start, safety)
+        if why is not None:
+            raise CalibrationError(f"the start pose is outside the safety envelope ({why}): jog the arm to a pose "
+                                   "inside it where the camera sees the board")
+        pivot = pivot_point(T_start, mode, WRIST_VIEW_AXIS, board_in_base)
+        poses = poses_around(T_start, n_poses, safety, pivot, seed=seed)
+        if len(poses) < n_poses:
+            progress(f"only {len(poses)} of {n_poses} poses fit in the envelope around the start pose")
+        col = collect(arm, cam, K, spec or BoardSpec(), poses, mode, safety, dist=dist, dynamics=dynamics,
+                      estop=estop, progress=progress)
+        go_to(arm, T_start, safety, dynamics=dynamics, estop=estop, what="the start pose")
+        return col

@@ -1,0 +1,178 @@
+"""The hand-eye collector (`calibration.collect`) with a fake arm and camera: what the real rig's collection does
+on a refused pose, an arm error, frames without the board, too few poses, an e-stop latch, the dynamics cap
+and settling. The same collector runs the sim's `--render` path (tests/calibration/test_handeye.py)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from calibration.charuco import BoardSpec, camera_matrix
+from calibration.collect import CollectionAborted, check_pose, collect, pivot_point, poses_around
+from calibration.handeye import TooFewPosesError, make_T
+from calibration.poses import TOOL_DOWN
+from robot.safety import SafetyConfig
+
+SAFETY = SafetyConfig()
+K = camera_matrix(600.0, 600.0, 319.5, 239.5)
+SPEC = BoardSpec()
+
+
+def _board_image() -> np.ndarray:
+    img = np.full((480, 640, 3), 255, np.uint8)
+    board = SPEC.image(60)
+    img[40:40 + board.shape[0], 60:60 + board.shape[1]] = board[..., None]
+    return img
+
+
+BOARD, BLANK = _board_image(), np.full((480, 640, 3), 128, np.uint8)
+
+
+def _poses(n: int) -> list[np.ndarray]:
+    """Tool-down poses inside the default workspace box, each turned a little about a different axis."""
+    axes = np.eye(3)
+    return [make_T(Rotation.from_rotvec(axes[k % 3] * 0.15).as_matrix() @ TOOL_DOWN, [0.40 + 0.02 * k, 0.0, 0.30])
+            for k in range(n)]
+
+
+class FakeArm:
+    """Moves instantly; its joints keep changing for `settle_reads` reads after each move; `errors` maps a move
+    number (1-based) to the error `poll_error` reports once that move has been sent."""
+
+    def __init__(self, settle_reads: int = 0, errors: dict[int, object] | None = None, ceiling: float = 1.0) -> None:
+        self.config = SimpleNamespace(relative_dynamics_factor=ceiling)
+        self.T, self.q = make_T(TOOL_DOWN, [0.45, 0.0, 0.35]), np.zeros(7)
+        self.moves: list[tuple[np.ndarray, float]] = []
+        self.stops, self.settle_reads, self._unsettled = 0, settle_reads, 0
+        self.errors = errors or {}
+
+    @property
+    def settled(self) -> bool:
+        return self._unsettled == 0
+
+    def read_state(self) -> SimpleNamespace:
+        if self._unsettled:
+            self._unsettled -= 1
+            self.q = self.q + 1e-3
+        return SimpleNamespace(T_base_ee=self.T.copy(), joint_positions=self.q.copy())
+
+    def move_to(self, T: np.ndarray, asynchronous: bool = True, dynamics_factor: float = 1.0) -> bool:
+        self.moves.append((T, dynamics_factor))
+        self.T, self._unsettled = np.array(T), self.settle_reads
+        return True
+
+    def wait(self, timeout_s: float) -> bool:
+        return True
+
+    def stop(self) -> bool:
+        self.stops += 1
+        return True
+
+    def poll_error(self) -> object | None:
+        return self.errors.pop(len(self.moves), None)
+
+
+class FakeCamera:
+    """A new frame per read (30 fps), stamped now; `visible[i]` says whether frames at the i-th pose show the board."""
+
+    def __init__(self, arm: FakeArm, visible: list[bool] | None = None) -> None:
+        self.arm, self.visible, self.reads, self.settled_at_read = arm, visible, 0, []
+
+    def read(self, timeout_s: float = 0.2) -> SimpleNamespace:
+        time.sleep(1 / 30)
+        seen = True if self.visible is None else self.visible[len(self.arm.moves) - 1]
+        self.reads += 1
+        self.settled_at_read.append(self.arm.settled)
+        return SimpleNamespace(color=BOARD if seen else BLANK, capture_ns=time.monotonic_ns())
+
+
+def _collect(arm, camera, poses, **kw):
+    kw.setdefault("safety", SAFETY)
+    return collect(arm, camera, K, SPEC, poses, "eye_in_hand", **kw)
+
+
+def test_collects_settled_frames_at_a_capped_dynamics_factor():
+    arm = FakeArm(settle_reads=4, ceiling=0.5)
+    cam = FakeCamera(arm)
+    col = _collect(arm, cam, _poses(6), dynamics=0.3)
+    assert len(col.observations) == 6 and col.refused == [] and col.not_visible == 0
+    assert all(cam.settled_at_read), "a frame was read while the joints were still moving"
+    # effective factor = the arm's ceiling x the motion's factor, never above safety.relative_dynamics_factor
+    assert all(0.5 * f <= SAFETY.relative_dynamics_factor + 1e-12 for _, f in arm.moves)
+    assert arm.stops == 0
+
+
+def test_pose_outside_the_envelope_is_refused_and_never_sent():
+    poses = _poses(6)
+    outside_box = make_T(TOOL_DOWN, [0.95, 0.0, 0.30])
+    outside_cone = make_T(Rotation.from_euler("x", 60, degrees=True).as_matrix() @ TOOL_DOWN, [0.45, 0.0, 0.3])
+    arm = FakeArm()
+    col = _collect(arm, FakeCamera(arm), [poses[0], outside_box, *poses[1:3], outside_cone, *poses[3:]])
+    assert len(col.refused) == 2 and len(col.observations) == 6 and col.planned == 8
+    assert "pose 2/8" in col.refused[0] and "workspace box" in col.refused[0]
+    assert "pose 5/8" in col.refused[1] and "orientation cone" in col.refused[1]
+    sent = [T for T, _ in arm.moves]
+    assert len(sent) == 6 and not any(np.allclose(T, bad) for T in sent for bad in (outside_box, outside_cone))
+    assert check_pose(outside_box, SAFETY) and check_pose(poses[0], SAFETY) is None
+
+
+def test_arm_error_mid_collection_aborts_with_a_clear_message():
+    error = SimpleNamespace(kind="ControlException", message="cartesian_reflex", during="motion")
+    arm = FakeArm(errors={2: error})
+    with pytest.raises(CollectionAborted, match=r"pose 2/5: arm error ControlException: cartesian_reflex .*"
+                                                r"the arm was stopped and nothing was calibrated"):
+        _collect(arm, FakeCamera(arm), _poses(5))
+    assert len(arm.moves) == 2 and arm.stops == 1
+
+
+def test_frames_without_the_board_are_counted_and_too_few_poses_refused():
+    arm = FakeArm()
+    cam = FakeCamera(arm, visible=[True, False, True, False, False, True])
+    with pytest.raises(TooFewPosesError, match=r"3 usable poses, need at least 5: .*3 without the board in view"):
+        _collect(arm, cam, _poses(6))
+    arm = FakeArm()
+    col = _collect(arm, FakeCamera(arm, visible=[True, False, True, True, True, True, True]), _poses(7))
+    assert col.not_visible == 1 and len(col.observations) == 6 and col.reached == 7
+
+
+def test_estop_latch_stops_the_collection():
+    class Latching:
+        def __init__(self, after: int) -> None:
+            self.calls, self.after = 0, after
+
+        def check(self, now_ns: int | None = None) -> SimpleNamespace:
+            self.calls += 1
+            if self.calls <= self.after:
+                return SimpleNamespace(may_move=True, describe=lambda: "RUN")
+            return SimpleNamespace(may_move=False, describe=lambda: "STOPPED (stop_command)")
+
+    arm = FakeArm()
+    estop = Latching(after=4)
+    with pytest.raises(CollectionAborted, match=r"e-stop STOPPED \(stop_command\)"):
+        _collect(arm, FakeCamera(arm), _poses(6), estop=estop)
+    moved = len(arm.moves)
+    assert 1 <= moved < 6 and arm.stops == 1
+    # not in RUN (waiting for a console, or armed without a start): no move at all
+    arm = FakeArm()
+    with pytest.raises(CollectionAborted, match="pose 1/6: e-stop"):
+        _collect(arm, FakeCamera(arm), _poses(6), estop=Latching(after=0))
+    assert arm.moves == []
+
+
+def test_poses_around_the_start_pose_stay_in_the_envelope_and_spread():
+    start = make_T(Rotation.from_euler("y", 15, degrees=True).as_matrix() @ TOOL_DOWN, [0.45, 0.0, 0.35])
+    pivot = pivot_point(start, "eye_in_hand", np.array([0.34, 0.0, 0.94]))
+    assert np.linalg.norm(pivot - start[:3, 3]) == pytest.approx(0.35)
+    poses = poses_around(start, 10, SAFETY, pivot, seed=0)
+    assert len(poses) == 10 and all(check_pose(T, SAFETY) is None for T in poses)
+    # the pivot (where the camera looks) stays in front of the camera: its offset in ee barely moves
+    local = [np.linalg.solve(T, np.append(pivot, 1))[:3] for T in poses]
+    ref = np.linalg.solve(start, np.append(pivot, 1))[:3]
+    assert max(np.linalg.norm(p - ref) for p in local) < 0.09  # the random offset (<= 0.05 m per axis) only
+    axes = [Rotation.from_matrix(b[:3, :3] @ a[:3, :3].T).as_rotvec() for a, b in zip(poses, poses[1:], strict=False)]
+    axes = np.array([a / np.linalg.norm(a) for a in axes])
+    assert np.linalg.svd(axes, compute_uv=False)[1] > 0.3  # relative rotation axes not all parallel
