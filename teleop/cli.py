@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
-import json
-import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +28,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from calibration.record import numbers_hash
 from robot.cli import UsageError, add_log_level_option, configure_logging
 from robot.policy import Policy
 from robot.runner import EpisodeRecord, Runner, RunnerConfig
@@ -42,7 +41,6 @@ from teleop.replay import ReplayError
 from teleop.rows import dataset_config
 
 console = Console()
-log = logging.getLogger("dv-teleop")
 
 DEVICES = ("scripted", "keyboard", "spacemouse", "guiding")
 GUIDING_HELP = "move the arm by hand (guiding buttons) · space gripper · enter end episode · y/n keep"
@@ -86,24 +84,20 @@ def make_decide(rule: str, answers: Answers | None, stopped: Callable[[], bool],
 # ------------------------------------------------------------------------------------------- the dataset
 
 
-def _calibration_hash(calibration: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(calibration, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def open_dataset(root: Path, cameras: dict[str, Any], fps: int, launch: Any, video_codec: str) -> DatasetWriter:
     """Create or resume `root`; a resume with other cameras, robot, rate or calibration is refused, naming it."""
     calibration = launch.calibration.model_dump(mode="json")
     robot_config = {"robot": launch.robot.model_dump(mode="json"),
                     "cameras": [c.model_dump(mode="json") for c in launch.cameras]}
     sizes = {name: (cam.config.height, cam.config.width, cam.config.depth) for name, cam in cameras.items()}
-    cfg = dataset_config(sizes, fps, robot_config, _calibration_hash(calibration), video_codec)
+    cfg = dataset_config(sizes, fps, robot_config, numbers_hash(calibration), video_codec)
     return DatasetWriter(root, cfg, min_free_bytes=256 << 20)
 
 
 def write_session(root: Path, session: dict[str, Any]) -> Path:
     """The launch config, calibration and device of this recording session, and the episodes it kept (rewritten
     atomically after each commit; the dataset itself never depends on this file)."""
-    path = root / SESSIONS_DIR / f"{session['started'].replace(':', '')}.json"
+    path = root / SESSIONS_DIR / f"{session['started'].replace(':', '')}-{session['id']}.json"
     L.atomic_write_json(path, session)
     return path
 
@@ -177,7 +171,8 @@ def _record(args: argparse.Namespace) -> list[EpisodeProgress]:
         gripper = stack.enter_context(Gripper(GripperConfig(host=arm_cfg.host)))
         device, answers, help_text = _device(args, cell, arm, runner_cfg, plan.safety)
         estop, status = open_estop(plan, stack)
-        session = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv[1:],
+        session = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "id": uuid.uuid4().hex[:8],
+                   "argv": sys.argv[1:],
                    "device": args.device, "task": args.task, "launch_file": str(run_args.launch),
                    "launch": plan.launch.model_dump(mode="json"),
                    "calibration_hash": writer.cfg.calibration_hash, "episodes": {}}
