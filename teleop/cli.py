@@ -84,14 +84,28 @@ def make_decide(rule: str, answers: Answers | None, stopped: Callable[[], bool],
 # ------------------------------------------------------------------------------------------- the dataset
 
 
-def open_dataset(root: Path, cameras: dict[str, Any], fps: int, launch: Any, video_codec: str) -> DatasetWriter:
-    """Create or resume `root`; a resume with other cameras, robot, rate or calibration is refused, naming it."""
+# Pre-flight free space (safety_reliability.md D3: at least two episodes): bytes per pixel per tick, generous
+# for a real D415 (a sim recording measured 0.16 for depth PNGs and 0.01 for h264 video).
+DEPTH_BYTES_PER_PIXEL, VIDEO_BYTES_PER_PIXEL = 0.6, 0.1
+
+
+def episode_bytes(cameras: dict[str, Any], fps: int, max_episode_s: float) -> int:
+    """A generous size of the longest episode allowed, for the pre-flight free-space check."""
+    per_tick = sum(c.config.width * c.config.height * (VIDEO_BYTES_PER_PIXEL + DEPTH_BYTES_PER_PIXEL * c.config.depth)
+                   for c in cameras.values())
+    return int(per_tick * fps * max_episode_s)
+
+
+def open_dataset(root: Path, cameras: dict[str, Any], fps: int, launch: Any, video_codec: str,
+                 max_episode_s: float) -> DatasetWriter:
+    """Create or resume `root`; a resume with other cameras, robot, rate or calibration is refused, naming it.
+    An episode only starts with room for two of the longest allowed."""
     calibration = launch.calibration.model_dump(mode="json")
     robot_config = {"robot": launch.robot.model_dump(mode="json"),
                     "cameras": [c.model_dump(mode="json") for c in launch.cameras]}
     sizes = {name: (cam.config.height, cam.config.width, cam.config.depth) for name, cam in cameras.items()}
     cfg = dataset_config(sizes, fps, robot_config, numbers_hash(calibration), video_codec)
-    return DatasetWriter(root, cfg, min_free_bytes=256 << 20)
+    return DatasetWriter(root, cfg, min_free_bytes=2 * episode_bytes(cameras, fps, max_episode_s))
 
 
 def write_session(root: Path, session: dict[str, Any]) -> Path:
@@ -166,7 +180,8 @@ def _record(args: argparse.Namespace) -> list[EpisodeProgress]:
     root = args.root or Path("runs/datasets") / args.task
     with contextlib.ExitStack() as stack:
         cell, arm_cfg, cameras = open_devices(run_args, plan, stack)
-        writer = stack.enter_context(open_dataset(root, cameras, args.fps, plan.launch, args.video_codec))
+        writer = stack.enter_context(open_dataset(root, cameras, args.fps, plan.launch, args.video_codec,
+                                                  runner_cfg.max_episode_s))
         arm = stack.enter_context(Arm(arm_cfg))
         gripper = stack.enter_context(Gripper(GripperConfig(host=arm_cfg.host)))
         device, answers, help_text = _device(args, cell, arm, runner_cfg, plan.safety)

@@ -99,13 +99,16 @@ class Recorder:
 
     def end(self, record: EpisodeRecord) -> None:
         episode, self._episode = self._episode, None
-        if episode is None:
+        p = self.progress
+        p.outcome = record.outcome
+        if episode is None:  # it never started (no room on the disk): nothing was written
+            p.kept = False
+            with self._lock:
+                self.history.append(p)
             return
         self._queue.put(_END)  # blocking is fine here: the arm is at rest
         assert self._thread is not None
         self._thread.join()
-        p = self.progress
-        p.outcome = record.outcome
         if p.error is None and p.written > 0:
             self._settle(episode, record, p)
         else:
@@ -128,6 +131,10 @@ class Recorder:
                 episode.add_frame(**tick_row(tick, self._t0_ns, self.cameras))
             except EpisodeAborted as exc:
                 self._fail(str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug here must not kill the thread: `end` waits on it
+                episode.abort()
+                self._fail(f"{type(exc).__name__}: {exc}")
                 continue
             with self._lock:
                 self.progress.written += 1

@@ -364,6 +364,36 @@ def test_a_teleop_device_commanding_too_fast_is_held_to_the_envelope(devices, ce
     assert spy.moves and all(inside(T[:3, 3], safety.workspace) for _, T in spy.moves)
 
 
+def test_a_recorder_slower_than_real_time_never_slows_the_loop(devices, cell, tmp_path, monkeypatch):
+    """D7: the disk falls behind (every row takes 150 ms to write, over two ticks): frames are dropped and the
+    episode is flagged degraded, and the loop's tick period stays on its 66.7 ms grid (p99 within 5 ms)."""
+    from teleop.dataset import DatasetWriter
+    from teleop.dataset import writer as W
+    from teleop.recorder import Recorder
+    from teleop.rows import dataset_config
+
+    original = W.EpisodeWriter.add_frame
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.15)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(W.EpisodeWriter, "add_frame", slow)
+    sizes = {name: (cam.config.height, cam.config.width, cam.config.depth) for name, cam in cell.cameras.items()}
+    with DatasetWriter(tmp_path, dataset_config(sizes, 15, {}, None)) as writer:
+        recorder = Recorder(writer, list(cell.cameras), lambda record, progress: True, queue_size=4)
+        runner, _ = make_runner(devices, cell, FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1])), steps=recorder,
+                                max_episode_s=3.0)
+        record = runner.run(1).episodes[0]
+        runner.close()
+    period = record.latency_ms["tick_period"]
+    progress = recorder.history[0]
+    print(f"\nD7: tick period p50 {period['p50']:.1f} ms p99 {period['p99']:.1f} ms; {progress.written} rows written, "
+          f"{progress.dropped} dropped")
+    assert progress.dropped > 0 and progress.kept and progress.degraded
+    assert abs(period["p50"] - 1000 / 15) < 2 and period["p99"] - 1000 / 15 < 5
+
+
 def test_scripted_expert_succeeds_through_the_envelope(devices, cell):
     """P3 (normal operation): the sim's scripted expert, expressed as chunks in the action convention, picks the
     bottle through the same loop and envelope the policy uses; the tick period stays at 66.7 ms."""

@@ -393,3 +393,39 @@ def test_guiding_records_the_measured_motion_as_actions_and_the_envelope_judges_
     assert record.interventions.get("step_translation") == 1  # the 65 mm push would have been clamped
     guided.request_stop("test")
     assert guided.run_episode(2, "again", max_s=5.0).outcome == "aborted:interrupted"
+
+
+def test_a_bug_in_the_writer_thread_discards_the_episode_instead_of_hanging(tmp_path, monkeypatch):
+    """D4: an unexpected exception while writing (here: a row that cannot be built) must not kill the writer
+    thread silently, or `end` would wait on a full queue forever: the episode is discarded and the run told."""
+    import teleop.recorder as R
+
+    def broken(*args, **kwargs):
+        raise KeyError("observation.joints")
+
+    monkeypatch.setattr(R, "tick_row", broken)
+    failures: list[str] = []
+    with _writer(tmp_path) as writer:
+        recorder = Recorder(writer, list(ticks.CAMERAS), lambda r, p: True, queue_size=2, on_failure=failures.append)
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (_record(recorder, 1, 20), done.set()), daemon=True)
+        thread.start()
+        assert done.wait(10.0), "the recorder hung"
+    assert failures and "KeyError" in failures[0]
+    assert recorder.history[0].kept is False
+    assert json.loads((tmp_path / "meta/info.json").read_text())["total_episodes"] == 0
+
+
+def test_too_little_free_space_refuses_the_episode_before_it_starts(tmp_path):
+    """D3 pre-flight: an episode starts only with room for two of the longest allowed; otherwise the run is
+    stopped with the reason, before anything moves."""
+    from teleop.cli import episode_bytes
+
+    cameras = {n: SimpleNamespace(config=SimpleNamespace(width=640, height=480, depth=True)) for n in ("a", "b")}
+    assert episode_bytes(cameras, 15, 300.0) == int(2 * 640 * 480 * 0.7 * 15 * 300)  # 1.9 GB for a person's 5 min
+    failures: list[str] = []
+    cfg = dataset_config(ticks.CAMERAS, 15, {"robot": "synthetic"}, "h")
+    with DatasetWriter(tmp_path, cfg, min_free_bytes=1 << 60) as writer:
+        recorder = Recorder(writer, list(ticks.CAMERAS), lambda r, p: True, on_failure=failures.append)
+        _record(recorder, 1, 3)
+    assert failures and "bytes free" in failures[0] and recorder.history[0].kept is False
