@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import signal
 import subprocess
@@ -429,3 +430,12 @@ def test_too_little_free_space_refuses_the_episode_before_it_starts(tmp_path):
         recorder = Recorder(writer, list(ticks.CAMERAS), lambda r, p: True, on_failure=failures.append)
         _record(recorder, 1, 3)
     assert failures and "bytes free" in failures[0] and recorder.history[0].kept is False
+
+
+def test_teleop_never_imports_torch():
+    """DESIGN.md: the recorder runs on the robot PC, whose install (`.[robot]`) has no torch."""
+    code = ("import sys; import teleop.cli, teleop.guiding, teleop.replay, teleop.bench, teleop.devices.keyboard, "
+            "teleop.devices.spacemouse, teleop.devices.sim_hand; assert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE.parents[1], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
+    assert out.returncode == 0, out.stderr
