@@ -5,6 +5,7 @@ and settling. The same collector runs the sim's `--render` path (tests/calibrati
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -176,3 +177,116 @@ def test_poses_around_the_start_pose_stay_in_the_envelope_and_spread():
     axes = [Rotation.from_matrix(b[:3, :3] @ a[:3, :3].T).as_rotvec() for a, b in zip(poses, poses[1:], strict=False)]
     axes = np.array([a / np.linalg.norm(a) for a in axes])
     assert np.linalg.svd(axes, compute_uv=False)[1] > 0.3  # relative rotation axes not all parallel
+
+
+# ------------------------------------------------------------------------------------------------ real rig path
+# `dv-calib handeye/check --launch <real rig>` with the FR3 and the D415 replaced by fakes: a pinhole camera on
+# the wrist that warps the printed board into its image from the arm's settled pose, so the whole real path
+# (launch file, capped arm config, factory intrinsics, poses around the start pose, collector, hand-eye, write,
+# re-measure) runs here; only the hardware does not.
+
+X_TRUE = make_T(Rotation.from_euler("xyz", [-20, 0, -90], degrees=True).as_matrix(), [-0.065, 0.0, -0.088])
+BOARD_CENTRE = np.array([0.41, 0.10, 0.001])
+T_BASE_BOARD = make_T(Rotation.from_euler("x", 180, degrees=True).as_matrix(),
+                      BOARD_CENTRE + [-0.14, 0.10, 0.0])  # print up: board x = base x, board y = -base y
+START = make_T(TOOL_DOWN, [0.30, 0.10, 0.40])
+PX_PER_SQUARE = 100
+
+
+class RigArm(FakeArm):
+    """`robot.arm.Arm(config)` as a context manager, starting at `START` (where the operator jogged it)."""
+
+    built: list[RigArm] = []
+
+    def __init__(self, config) -> None:
+        super().__init__(settle_reads=2)
+        self.config, self.T = config, START.copy()
+        RigArm.built.append(self)
+
+    def __enter__(self) -> RigArm:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class RigCamera:
+    """`make_camera(config)`: the wrist D415 as a pinhole at X_TRUE, rendering the board at the arm's pose."""
+
+    def __init__(self, config) -> None:
+        self.arm = RigArm.built[-1]
+        self.board = SPEC.image(PX_PER_SQUARE)
+
+    def __enter__(self) -> RigCamera:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def factory_intrinsics(self) -> SimpleNamespace:
+        return SimpleNamespace(fx=K[0, 0], fy=K[1, 1], cx=K[0, 2], cy=K[1, 2], model="brown_conrady",
+                               coeffs=(0.0,) * 5)
+
+    def read(self, timeout_s: float = 0.2) -> SimpleNamespace:
+        import cv2
+
+        time.sleep(1 / 30)
+        T_cam_board = np.linalg.inv(self.arm.T @ X_TRUE) @ T_BASE_BOARD
+        s = SPEC.square_m / PX_PER_SQUARE  # metres per board-image pixel (pixel centres at +0.5)
+        H = K @ T_cam_board[:3][:, [0, 1, 3]] @ np.array([[s, 0, 0.5 * s], [0, s, 0.5 * s], [0, 0, 1]])
+        gray = cv2.warpPerspective(self.board, H, (640, 480), flags=cv2.INTER_AREA, borderValue=255)
+        return SimpleNamespace(color=np.repeat(gray[..., None], 3, axis=2), capture_ns=time.monotonic_ns())
+
+
+@pytest.fixture
+def rig(tmp_path, monkeypatch):
+    """A copy of launch/real_fr3.yaml (e-stop on a free port) with the arm and cameras faked."""
+    import robot.arm
+    import robot.cameras
+
+    monkeypatch.setattr(robot.arm, "Arm", RigArm)
+    monkeypatch.setattr(robot.cameras, "make_camera", RigCamera)
+    RigArm.built.clear()
+    src = (Path(__file__).resolve().parents[2] / "launch" / "real_fr3.yaml").read_text()
+    path = tmp_path / "rig.yaml"
+    path.write_text(src.replace("endpoint: tcp://127.0.0.1:5560", "endpoint: tcp://127.0.0.1:*"))
+    return path
+
+
+def test_real_rig_handeye_and_check_through_the_cli(rig, tmp_path, monkeypatch, capsys):
+    from calibration import rig as rig_module
+    from calibration.cli import main
+    from calibration.handeye import pose_error
+    from calibration.record import pose_from_numbers
+    from robot.launch.config import load_launch_config
+
+    monkeypatch.setattr(rig_module, "open_estop", lambda config, stack, wait_s, progress: None)
+    args = ["--camera", "wrist", "--poses", "8", "--board-in-base", ",".join(map(str, BOARD_CENTRE))]
+    assert main(["handeye", "--launch", str(rig), "--write-launch", str(rig), *args]) == 0, capsys.readouterr().err
+    arm = RigArm.built[-1]
+    safety = load_launch_config(rig).safety
+    assert arm.config.relative_dynamics_factor <= safety.relative_dynamics_factor
+    assert all(check_pose(T, safety) is None for T, _ in arm.moves)
+    assert np.allclose(arm.moves[-1][0], START)  # back where the operator left it
+    stored = load_launch_config(rig).calibration.T_ee_cam_wrist
+    dt, dr = pose_error(pose_from_numbers(stored.xyz, stored.quat_xyzw), X_TRUE)
+    err = capsys.readouterr().err
+    with capsys.disabled():
+        print(f"{err}stored T_ee_cam_wrist vs the fake mount: {dt * 1e3:.2f} mm {dr:.3f} deg")
+    assert "8 usable of 8 poses" in err and dt < 2e-3 and dr < 0.5, (dt, dr)
+    assert main(["check", "--launch", str(rig), "--seed", "1", *args]) == 0
+    err = capsys.readouterr().err
+    assert "OK: re-measured T_ee_cam_wrist differs by" in err
+    with capsys.disabled():
+        print(err.splitlines()[-1])
+
+
+def test_real_rig_waits_for_the_estop_console(rig):
+    from calibration.rig import collect_real
+    from robot.launch.config import load_launch_config
+
+    config = load_launch_config(rig)
+    assert config.estop_required
+    with pytest.raises(CollectionAborted, match="e-stop WAITING: no motion allowed; start the dv-estop console"):
+        collect_real(config, "wrist", 6, estop_wait_s=0.2, progress=lambda m: None)
+    assert RigArm.built == []  # the arm is not even connected without a console
