@@ -3,11 +3,17 @@
 - `intrinsics --launch FILE [--sim] [--charuco] [--camera ROLE] [--out FILE] [--write-launch FILE]`: each
   camera's intrinsics and depth scale (factory values from the device, the sim's ground truth, or a ChArUco
   re-calibration with its RMS reprojection error).
-- `handeye --camera wrist|static --sim [--poses N] [--out FILE] [--write-launch FILE]`: the extrinsic
-  (`T_ee_cam_wrist` or `T_base_cam_static`) as xyz + quaternion xyzw, the winning method, its held-out
-  reprojection error, a UTC timestamp and a hash of the numbers.
-- `check --launch FILE --camera wrist|static [--sim] [--max-age-h 1] [--tol-mm 2] [--tol-deg 0.5]`: exit 0
-  when the stored extrinsic is present, fresh and agrees with a re-measurement; 1 with the reason otherwise.
+- `handeye --camera wrist|static (--launch FILE | --sim) [--render] [--poses N] [--dynamics F]
+  [--board-in-base X,Y,Z] [--out FILE] [--write-launch FILE]`: the extrinsic (`T_ee_cam_wrist` or
+  `T_base_cam_static`) as xyz + quaternion xyzw, the winning method, its held-out reprojection error, a UTC
+  timestamp and a hash of the numbers. A real rig's launch file drives its FR3 around the pose the operator
+  jogged it to (board in view) and reads its D415 (`calibration.rig`); a sim one drives franky-sim. Both go
+  through the same collector (`calibration.collect`): envelope check before each move, dynamics at most the
+  file's `safety.relative_dynamics_factor`, the e-stop console when the file requires one, settled arm, fresh
+  frame; an arm error or an e-stop latch stops the arm and refuses the calibration.
+- `check --launch FILE --camera wrist|static [--sim] [--max-age-h 1] [--tol-mm 2] [--tol-deg 0.5]
+  [--age-only]`: exit 0 when the stored extrinsic is present, fresh and agrees with a re-measurement (a few
+  poses through the same collector, real rig or sim); 1 with the reason otherwise.
 
 Exit codes: 0 done / ok, 1 calibration refused or check failed, 2 usage error (bad arguments or launch file).
 Written entries go only into the file's `calibration:` section (`calibration.launch_file`).

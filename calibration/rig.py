@@ -27,7 +27,7 @@ from calibration.collect import (
     poses_around,
     wait_settled,
 )
-from calibration.handeye import CalibrationError, Mode
+from calibration.handeye import CalibrationError, Mode, TooFewPosesError
 
 MODES: dict[str, Mode] = {"wrist": "eye_in_hand", "static": "eye_to_base"}
 # the wrist D415's rough view axis in `ee` (mount CAD; the calibration measures the real one)
@@ -114,7 +114,11 @@ def collect_real(
         poses = poses_around(T_start, n_poses, safety, pivot, seed=seed)
         if len(poses) < n_poses:
             progress(f"only {len(poses)} of {n_poses} poses fit in the envelope around the start pose")
-        col = collect(arm, cam, K, spec or BoardSpec(), poses, mode, safety, dist=dist, dynamics=dynamics,
-                      estop=estop, progress=progress)
+        try:
+            col = collect(arm, cam, K, spec or BoardSpec(), poses, mode, safety, dist=dist, dynamics=dynamics,
+                          estop=estop, progress=progress)
+        except TooFewPosesError:
+            go_to(arm, T_start, safety, dynamics=dynamics, estop=estop, what="the start pose")
+            raise
         go_to(arm, T_start, safety, dynamics=dynamics, estop=estop, what="the start pose")
         return col

@@ -191,6 +191,19 @@ T_BASE_BOARD = make_T(Rotation.from_euler("x", 180, degrees=True).as_matrix(),
                       BOARD_CENTRE + [-0.14, 0.10, 0.0])  # print up: board x = base x, board y = -base y
 START = make_T(TOOL_DOWN, [0.30, 0.10, 0.40])
 PX_PER_SQUARE = 100
+# static: the board on the hand (print facing ee +y, as in the sim), the camera front-right and high, aimed at it
+T_EE_BOARD = make_T(Rotation.from_euler("x", 90, degrees=True).as_matrix(), [-0.14, 0.11, -0.02])
+START_STATIC = make_T(TOOL_DOWN, [0.45, 0.0, 0.35])
+
+
+def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    z = (target - eye) / np.linalg.norm(target - eye)
+    x = np.cross([0.0, 0.0, -1.0], z)
+    x /= np.linalg.norm(x)
+    return make_T(np.column_stack([x, np.cross(z, x), z]), eye)
+
+
+X_STATIC = _look_at(np.array([0.85, -0.8, 0.75]), (START_STATIC @ T_EE_BOARD @ [0.14, 0.10, 0, 1])[:3])
 
 
 class RigArm(FakeArm):
@@ -198,9 +211,11 @@ class RigArm(FakeArm):
 
     built: list[RigArm] = []
 
+    start = START
+
     def __init__(self, config) -> None:
         super().__init__(settle_reads=2)
-        self.config, self.T = config, START.copy()
+        self.config, self.T = config, self.start.copy()
         RigArm.built.append(self)
 
     def __enter__(self) -> RigArm:
@@ -211,10 +226,11 @@ class RigArm(FakeArm):
 
 
 class RigCamera:
-    """`make_camera(config)`: the wrist D415 as a pinhole at X_TRUE, rendering the board at the arm's pose."""
+    """`make_camera(config)`: a D415 as a pinhole (wrist: at X_TRUE on the hand; static: at X_STATIC, the board
+    on the hand), rendering the board at the arm's pose."""
 
     def __init__(self, config) -> None:
-        self.arm = RigArm.built[-1]
+        self.arm, self.role = RigArm.built[-1], config.name
         self.board = SPEC.image(PX_PER_SQUARE)
 
     def __enter__(self) -> RigCamera:
@@ -231,26 +247,30 @@ class RigCamera:
         import cv2
 
         time.sleep(1 / 30)
-        T_cam_board = np.linalg.inv(self.arm.T @ X_TRUE) @ T_BASE_BOARD
+        if self.role == "wrist":
+            T_cam_board = np.linalg.inv(self.arm.T @ X_TRUE) @ T_BASE_BOARD
+        else:
+            T_cam_board = np.linalg.inv(X_STATIC) @ self.arm.T @ T_EE_BOARD
         s = SPEC.square_m / PX_PER_SQUARE  # metres per board-image pixel (pixel centres at +0.5)
         H = K @ T_cam_board[:3][:, [0, 1, 3]] @ np.array([[s, 0, 0.5 * s], [0, s, 0.5 * s], [0, 0, 1]])
         gray = cv2.warpPerspective(self.board, H, (640, 480), flags=cv2.INTER_AREA, borderValue=255)
         return SimpleNamespace(color=np.repeat(gray[..., None], 3, axis=2), capture_ns=time.monotonic_ns())
 
 
-@pytest.fixture
-def rig(tmp_path, monkeypatch):
+@pytest.fixture(params=["wrist", "static"])
+def rig(request, tmp_path, monkeypatch):
     """A copy of launch/real_fr3.yaml (e-stop on a free port) with the arm and cameras faked."""
     import robot.arm
     import robot.cameras
 
     monkeypatch.setattr(robot.arm, "Arm", RigArm)
     monkeypatch.setattr(robot.cameras, "make_camera", RigCamera)
+    monkeypatch.setattr(RigArm, "start", START if request.param == "wrist" else START_STATIC)
     RigArm.built.clear()
     src = (Path(__file__).resolve().parents[2] / "launch" / "real_fr3.yaml").read_text()
     path = tmp_path / "rig.yaml"
     path.write_text(src.replace("endpoint: tcp://127.0.0.1:5560", "endpoint: tcp://127.0.0.1:*"))
-    return path
+    return request.param, path
 
 
 def test_real_rig_handeye_and_check_through_the_cli(rig, tmp_path, monkeypatch, capsys):
@@ -260,23 +280,27 @@ def test_real_rig_handeye_and_check_through_the_cli(rig, tmp_path, monkeypatch, 
     from calibration.record import pose_from_numbers
     from robot.launch.config import load_launch_config
 
+    camera, rig = rig
     monkeypatch.setattr(rig_module, "open_estop", lambda config, stack, wait_s, progress: None)
-    args = ["--camera", "wrist", "--poses", "8", "--board-in-base", ",".join(map(str, BOARD_CENTRE))]
+    args = ["--camera", camera, "--poses", "8"]
+    if camera == "wrist":
+        args += ["--board-in-base", ",".join(map(str, BOARD_CENTRE))]
     assert main(["handeye", "--launch", str(rig), "--write-launch", str(rig), *args]) == 0, capsys.readouterr().err
     arm = RigArm.built[-1]
     safety = load_launch_config(rig).safety
     assert arm.config.relative_dynamics_factor <= safety.relative_dynamics_factor
     assert all(check_pose(T, safety) is None for T, _ in arm.moves)
-    assert np.allclose(arm.moves[-1][0], START)  # back where the operator left it
-    stored = load_launch_config(rig).calibration.T_ee_cam_wrist
-    dt, dr = pose_error(pose_from_numbers(stored.xyz, stored.quat_xyzw), X_TRUE)
+    assert np.allclose(arm.moves[-1][0], RigArm.start)  # back where the operator left it
+    calibration = load_launch_config(rig).calibration
+    stored = calibration.T_ee_cam_wrist if camera == "wrist" else calibration.T_base_cam_static
+    dt, dr = pose_error(pose_from_numbers(stored.xyz, stored.quat_xyzw), X_TRUE if camera == "wrist" else X_STATIC)
     err = capsys.readouterr().err
     with capsys.disabled():
-        print(f"{err}stored T_ee_cam_wrist vs the fake mount: {dt * 1e3:.2f} mm {dr:.3f} deg")
+        print(f"{err}stored {camera} extrinsic vs the fake mount: {dt * 1e3:.2f} mm {dr:.3f} deg")
     assert "8 usable of 8 poses" in err and dt < 2e-3 and dr < 0.5, (dt, dr)
     assert main(["check", "--launch", str(rig), "--seed", "1", *args]) == 0
     err = capsys.readouterr().err
-    assert "OK: re-measured T_ee_cam_wrist differs by" in err
+    assert "OK: re-measured T_" in err
     with capsys.disabled():
         print(err.splitlines()[-1])
 
@@ -285,8 +309,9 @@ def test_real_rig_waits_for_the_estop_console(rig):
     from calibration.rig import collect_real
     from robot.launch.config import load_launch_config
 
+    camera, rig = rig
     config = load_launch_config(rig)
     assert config.estop_required
     with pytest.raises(CollectionAborted, match="e-stop WAITING: no motion allowed; start the dv-estop console"):
-        collect_real(config, "wrist", 6, estop_wait_s=0.2, progress=lambda m: None)
+        collect_real(config, camera, 6, estop_wait_s=0.2, progress=lambda m: None)
     assert RigArm.built == []  # the arm is not even connected without a console
