@@ -98,13 +98,14 @@ def episode_bytes(cameras: dict[str, Any], fps: int, max_episode_s: float) -> in
 
 def open_dataset(root: Path, cameras: dict[str, Any], fps: int, launch: Any, video_codec: str,
                  max_episode_s: float) -> DatasetWriter:
-    """Create or resume `root`; a resume with other cameras, robot, rate or calibration is refused, naming it.
-    An episode only starts with room for two of the longest allowed."""
-    calibration = launch.calibration.model_dump(mode="json")
+    """Create or resume `root`; a resume with other cameras, robot or rate is refused, naming the difference.
+    The calibration is not part of that identity: a rig is recalibrated every hour or so (DROID's rule, `dv-calib
+    check`), and each session file records the calibration its episodes were recorded with. An episode only
+    starts with room for two of the longest allowed."""
     robot_config = {"robot": launch.robot.model_dump(mode="json"),
                     "cameras": [c.model_dump(mode="json") for c in launch.cameras]}
     sizes = {name: (cam.config.height, cam.config.width, cam.config.depth) for name, cam in cameras.items()}
-    cfg = dataset_config(sizes, fps, robot_config, numbers_hash(calibration), video_codec)
+    cfg = dataset_config(sizes, fps, robot_config, video_codec)
     return DatasetWriter(root, cfg, min_free_bytes=2 * episode_bytes(cameras, fps, max_episode_s))
 
 
@@ -190,7 +191,8 @@ def _record(args: argparse.Namespace) -> list[EpisodeProgress]:
                    "argv": sys.argv[1:],
                    "device": args.device, "task": args.task, "launch_file": str(run_args.launch),
                    "launch": plan.launch.model_dump(mode="json"),
-                   "calibration_hash": writer.cfg.calibration_hash, "episodes": {}}
+                   "calibration": plan.launch.calibration.model_dump(mode="json"),
+                   "calibration_hash": numbers_hash(plan.launch.calibration.model_dump(mode="json")), "episodes": {}}
         driver: list[Runner | GuidedRecording] = []  # who moves (or watches) the arm; set below
         stopped = lambda: bool(driver) and driver[0].stop_reason is not None  # noqa: E731
         panel: RecordingPanel | None = None

@@ -30,7 +30,7 @@ JOINT_NAMES = [f"q{i}" for i in range(1, 8)]
 
 
 def dataset_config(cameras: Mapping[str, tuple[int, int, bool]], fps: int, robot_config: dict[str, Any],
-                   calibration_hash: str | None, video_codec: str = "h264") -> DatasetConfig:
+                   video_codec: str = "h264") -> DatasetConfig:
     """cameras: name -> (height, width, has depth). Everything here must match for a later resume. h264 (PyAV) by
     default: lerobot's dataset tools (delete_episodes, re-encoding) refuse OpenCV's mp4v."""
     names = list(cameras)
@@ -44,7 +44,7 @@ def dataset_config(cameras: Mapping[str, tuple[int, int, bool]], fps: int, robot
             "observation.capture_s": ["tick", "state", "gripper", *names],
             "observation.camera_frame_number": names,
         },
-        robot_config=robot_config, calibration_hash=calibration_hash, video_codec=video_codec)
+        robot_config=robot_config, video_codec=video_codec)
 
 
 def tick_row(tick: TickRecord, t0_ns: int, cameras: Sequence[str]) -> dict[str, Any]:

@@ -380,7 +380,7 @@ def test_a_recorder_slower_than_real_time_never_slows_the_loop(devices, cell, tm
 
     monkeypatch.setattr(W.EpisodeWriter, "add_frame", slow)
     sizes = {name: (cam.config.height, cam.config.width, cam.config.depth) for name, cam in cell.cameras.items()}
-    with DatasetWriter(tmp_path, dataset_config(sizes, 15, {}, None)) as writer:
+    with DatasetWriter(tmp_path, dataset_config(sizes, 15, {})) as writer:
         recorder = Recorder(writer, list(cell.cameras), lambda record, progress: True, queue_size=4)
         runner, _ = make_runner(devices, cell, FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1])), steps=recorder,
                                 max_episode_s=3.0)

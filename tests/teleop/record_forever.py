@@ -22,7 +22,7 @@ TICKS_PER_EPISODE = 12
 
 
 def main(root: Path) -> None:
-    with DatasetWriter(root, dataset_config(ticks.CAMERAS, 15, {"robot": "synthetic"}, "h")) as writer:
+    with DatasetWriter(root, dataset_config(ticks.CAMERAS, 15, {"robot": "synthetic"})) as writer:
         recorder = Recorder(writer, list(ticks.CAMERAS), lambda record, progress: True)
         print("READY", flush=True)
         episode = 0

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _writer(root: Path) -> DatasetWriter:
-    return DatasetWriter(root, dataset_config(ticks.CAMERAS, 15, {"robot": "synthetic"}, "h"))
+    return DatasetWriter(root, dataset_config(ticks.CAMERAS, 15, {"robot": "synthetic"}))
 
 
 def _record(recorder: Recorder, episode: int, n: int, outcome: str = "success") -> None:
@@ -425,7 +425,7 @@ def test_too_little_free_space_refuses_the_episode_before_it_starts(tmp_path):
     cameras = {n: SimpleNamespace(config=SimpleNamespace(width=640, height=480, depth=True)) for n in ("a", "b")}
     assert episode_bytes(cameras, 15, 300.0) == int(2 * 640 * 480 * 0.7 * 15 * 300)  # 1.9 GB for a person's 5 min
     failures: list[str] = []
-    cfg = dataset_config(ticks.CAMERAS, 15, {"robot": "synthetic"}, "h")
+    cfg = dataset_config(ticks.CAMERAS, 15, {"robot": "synthetic"})
     with DatasetWriter(tmp_path, cfg, min_free_bytes=1 << 60) as writer:
         recorder = Recorder(writer, list(ticks.CAMERAS), lambda r, p: True, on_failure=failures.append)
         _record(recorder, 1, 3)

@@ -196,3 +196,23 @@ def test_keyboard_teleop_in_a_terminal_records_the_keys_motion(tmp_path):
     target = np.array(rows.column("action.target").to_pylist())
     moved = target[-1, :3] - target[0, :3]
     assert moved[0] > 0.03 and abs(moved[1]) < 0.005 and abs(moved[2]) < 0.005, moved
+
+
+def test_a_recalibrated_rig_resumes_and_each_session_keeps_its_calibration(tmp_path):
+    """Resume identity is the robot and cameras, not the calibration (recalibrated hourly): a second session
+    after a recalibration appends, and each session file records the calibration its episodes used."""
+    launch, root = _launch_file(tmp_path), tmp_path / "recal"
+    args = ["record", "--task", "pick_bottle", "--sim", "--device", "scripted", "--episodes", "1", "--keep", "all",
+            "--root", str(root)]
+    assert _teleop(*args, "--launch", str(launch)).returncode == 0
+    data = yaml.safe_load(launch.read_text())
+    data["calibration"] = {"T_base_cam_static": {"xyz": [1.0, 0.0, 0.5], "quat_xyzw": [0.0, 0.0, 0.0, 1.0],
+                                                 "timestamp": "2026-11-22T00:00:00+00:00", "hash": "x"}}
+    recalibrated = tmp_path / "recalibrated.yaml"
+    recalibrated.write_text(yaml.safe_dump(data))
+    out = _teleop(*args, "--launch", str(recalibrated), "--seed", "1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads((root / "meta/info.json").read_text())["total_episodes"] == 2 and verify(root).ok
+    sessions = [json.loads(p.read_text()) for p in sorted((root / "meta/dv_sessions").glob("*.json"))]
+    assert len({s["calibration_hash"] for s in sessions}) == 2
+    assert sorted(k for s in sessions for k in s["episodes"]) == ["0", "1"]
