@@ -103,8 +103,8 @@ def test_resuming_with_other_cameras_is_refused_naming_the_difference(recorded, 
     assert verify(root).ok and json.loads((root / "meta/info.json").read_text())["total_episodes"] == 2
 
 
-def test_sigint_mid_episode_finalises_the_dataset(tmp_path):
-    launch, root = _launch_file(tmp_path), tmp_path / "pick"
+def _recording_past_first_commit(launch: Path, root: Path) -> subprocess.Popen[str]:
+    """A 3-episode scripted recording, returned once its first episode is committed."""
     proc = subprocess.Popen([sys.executable, "-m", "teleop.cli", "record", "--task", "pick_bottle", "--sim",
                              "--launch", str(launch), "--device", "scripted", "--episodes", "3", "--keep", "all",
                              "--root", str(root)], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
@@ -114,6 +114,13 @@ def test_sigint_mid_episode_finalises_the_dataset(tmp_path):
     while not (info.exists() and json.loads(info.read_text())["total_episodes"] >= 1):
         assert proc.poll() is None and time.monotonic() < deadline, "the first episode was never committed"
         time.sleep(0.1)
+    return proc
+
+
+def test_sigint_mid_episode_finalises_the_dataset(tmp_path):
+    launch, root = _launch_file(tmp_path), tmp_path / "pick"
+    info = root / "meta/info.json"
+    proc = _recording_past_first_commit(launch, root)
     time.sleep(1.5)  # well inside episode 2
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -121,6 +128,30 @@ def test_sigint_mid_episode_finalises_the_dataset(tmp_path):
     assert "1 of 2 episodes kept" in out and "aborted:interrupted" in out
     assert verify(root).ok and json.loads(info.read_text())["total_episodes"] == 1
     assert not any((root / ".dv/staging").iterdir())
+
+
+def test_kill_9_of_dv_teleop_mid_recording_leaves_a_dataset_that_opens(tmp_path):
+    """D1 on the real process (the recorder-level trials in test_record.py do 20 at random moments): SIGKILL of
+    dv-teleop at a random moment of episode 2 or 3; reopening recovers, verify passes, committed episodes are
+    whole, and the next session resumes into it."""
+    import random
+
+    from teleop.dataset import DatasetConfig, DatasetWriter
+
+    launch, root = _launch_file(tmp_path), tmp_path / "killed"
+    proc = _recording_past_first_commit(launch, root)
+    time.sleep(random.Random(3).uniform(0.2, 6.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    cfg = DatasetConfig.model_validate_json((root / "meta/dv_config.json").read_text())
+    with DatasetWriter(root, cfg) as writer:
+        committed = writer.num_episodes
+    assert committed >= 1 and verify(root).ok
+    assert not any((root / ".dv/staging").iterdir())
+    out = _teleop("record", "--task", "pick_bottle", "--sim", "--launch", str(launch), "--device", "scripted",
+                  "--episodes", "1", "--keep", "all", "--root", str(root), "--seed", "7")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads((root / "meta/info.json").read_text())["total_episodes"] == committed + 1 and verify(root).ok
 
 
 def test_hand_guided_demo_in_sim_records_and_replays(tmp_path):
