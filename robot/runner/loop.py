@@ -351,7 +351,7 @@ class Runner:
         error = self.arm.poll_error()
         if error is not None or state.is_faulted:
             return self._arm_fault(ep, error, state)
-        unsafe = self.envelope.check_state(state.wrench_ext, state.joint_positions)
+        unsafe = self.envelope.check_state(state.wrench_ext, state.joint_positions, state.ee_twist)
         if unsafe is not None:
             return self._abort(ep, unsafe.rule)
 

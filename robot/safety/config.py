@@ -78,6 +78,9 @@ class SafetyConfig(BaseModel):
     max_force_n: float = Field(25.0, gt=0, description="External force norm at the EE that triggers SAFE-HOLD "
                                "(rule 'force'); below franky's 30 N reflex so the software reacts first.")
     max_torque_nm: float = Field(10.0, gt=0, description="External torque norm at the EE (rule 'torque').")
+    measured_speed_margin: float = Field(1.2, ge=1.0, description="SAFE-HOLD when the measured TCP speed exceeds "
+                                         "max_speed_mps by this factor (rule 'tcp_speed'; A5: the commanded "
+                                         "steps are capped, so this catches what the caps cannot, e.g. a push).")
     joint_lower: Vec7 = FR3_Q_MIN
     joint_upper: Vec7 = FR3_Q_MAX
     joint_margin_rad: float = Field(0.1, ge=0, description="SAFE-HOLD when a measured joint is this close to a "

@@ -158,11 +158,15 @@ class SafetyEnvelope:
 
     # ------------------------------------------------------------------ measured state and gripper
 
-    def check_state(self, wrench: np.ndarray, joints: np.ndarray) -> Rejection | None:
-        """A reason for SAFE-HOLD in the measured state (external force/torque, a joint near its limit), or None."""
+    def check_state(self, wrench: np.ndarray, joints: np.ndarray, twist: np.ndarray) -> Rejection | None:
+        """A reason for SAFE-HOLD in the measured state (external force/torque, a joint near its limit, the TCP
+        moving faster than allowed), or None."""
         cfg = self.config
-        if not (np.isfinite(wrench).all() and np.isfinite(joints).all()):
-            return self._reject("bad_state", "the measured wrench or joints hold NaN/Inf")
+        if not (np.isfinite(wrench).all() and np.isfinite(joints).all() and np.isfinite(twist).all()):
+            return self._reject("bad_state", "the measured wrench, joints or twist hold NaN/Inf")
+        speed, limit = float(np.linalg.norm(twist[:3])), cfg.max_speed_mps * cfg.measured_speed_margin
+        if speed > limit:
+            return self._reject("tcp_speed", f"measured TCP speed {speed:.3f} m/s > {limit:.3f} m/s")
         force, torque = float(np.linalg.norm(wrench[:3])), float(np.linalg.norm(wrench[3:]))
         if force > cfg.max_force_n:
             return self._reject("force", f"external force {force:.1f} N > {cfg.max_force_n:.1f} N")

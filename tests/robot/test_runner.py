@@ -422,6 +422,7 @@ class FakeArm:
     at once; every call is counted."""
 
     def __init__(self, errors_at: tuple[tuple[int, int], ...] = (), message: str = "cartesian_reflex") -> None:
+        self.twist = np.zeros(6)  # the measured twist every read reports
         self.T = np.diag([1.0, -1.0, -1.0, 1.0])
         self.T[:3, 3] = [0.31, 0.0, 0.49]
         self.errors_at, self.message = errors_at, message
@@ -433,7 +434,7 @@ class FakeArm:
     def read_state(self) -> ArmState:
         self.reads += 1
         return ArmState(self.T.copy(), self.T[:3, 3].copy(), np.array([1.0, 0, 0, 0]), np.array([np.pi, 0, 0]),
-                        np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]), np.zeros(7), np.zeros(6),
+                        np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]), np.zeros(7), self.twist.copy(),
                         np.zeros(6), self.mode, (), 0, time.monotonic_ns())
 
     def poll_error(self) -> ArmError | None:
@@ -526,6 +527,24 @@ def test_reflex_is_safe_hold_without_automatic_recovery():
     assert len(arm.moves) == 6  # the commands of the 6 ticks before the error, none after
     assert arm.recovers == 0 and arm.stops >= 1 and gripper.fault is not None
     assert arm.polls == summary.episodes[0].ticks + 1  # every tick, plus the check before the episode
+
+
+def test_measured_tcp_speed_above_the_cap_is_safe_hold():
+    """A5 at run time: the arm reports the TCP moving at 0.4 m/s (a push, a controller fault: the step caps never
+    command that) and the episode ends in SAFE-HOLD at that tick, with no command after it."""
+    arm = FakeArm()
+    runner, gripper, _ = fake_runner(arm)
+    thread, out = run_in_thread(runner)
+    deadline = time.monotonic() + 2.0
+    while len(arm.moves) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    arm.twist = np.array([0.0, 0.4, 0.0, 0.0, 0.0, 0.0])
+    moves_then = len(arm.moves)
+    thread.join(5.0)
+    runner.close()
+    record = out[0].episodes[0]
+    assert record.outcome == "aborted:tcp_speed" and record.interventions["tcp_speed"] == 1
+    assert len(arm.moves) <= moves_then + 1 and gripper.fault is not None  # at most the tick already under way
 
 
 def test_allow_listed_error_is_recovered_once_between_episodes():

@@ -230,19 +230,26 @@ def test_non_finite_poses_are_refused():
 # ------------------------------------------------------------------------------------------------ state, gripper
 
 
-def test_force_torque_and_joint_limits_call_for_safe_hold():
+def test_force_torque_joint_limits_and_tcp_speed_call_for_safe_hold():
     """R1 (software side): external force/torque above the thresholds, or a joint within 0.1 rad of its limit
-    (A4), is a reason for SAFE-HOLD before Control raises a reflex or a limit violation."""
+    (A4), is a reason for SAFE-HOLD before Control raises a reflex or a limit violation; so is a measured TCP
+    speed above the cap × margin (A5), which the step caps cannot cause but a push or a controller fault can."""
     env = envelope()
     home = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
-    assert env.check_state(np.zeros(6), home) is None
-    assert env.check_state(np.array([20.0, 20.0, 0, 0, 0, 0]), home).rule == "force"
-    assert env.check_state(np.array([0, 0, 0, 8.0, 8.0, 0]), home).rule == "torque"
+    still = np.zeros(6)
+    assert env.check_state(np.zeros(6), home, still) is None
+    assert env.check_state(np.array([20.0, 20.0, 0, 0, 0, 0]), home, still).rule == "force"
+    assert env.check_state(np.array([0, 0, 0, 8.0, 8.0, 0]), home, still).rule == "torque"
     near = home.copy()
     near[3] = CFG.joint_upper[3] - 0.05
-    result = env.check_state(np.zeros(6), near)
+    result = env.check_state(np.zeros(6), near, still)
     assert result.rule == "joint_limit" and "joint 4" in result.detail
-    assert env.check_state(np.full(6, math.nan), home).rule == "bad_state"
+    assert env.check_state(np.full(6, math.nan), home, still).rule == "bad_state"
+    limit = CFG.max_speed_mps * CFG.measured_speed_margin
+    assert env.check_state(np.zeros(6), home, np.array([0.99 * limit, 0, 0, 0, 0, 0])) is None
+    fast = env.check_state(np.zeros(6), home, np.array([0, 0.8 * limit, -0.8 * limit, 0, 0, 0]))
+    assert fast.rule == "tcp_speed" and "measured TCP speed" in fast.detail
+    assert env.check_state(np.zeros(6), home, np.array([math.inf, 0, 0, 0, 0, 0])).rule == "bad_state"
 
 
 @settings(max_examples=100, deadline=None)
