@@ -406,6 +406,14 @@ class Runner:
                     "no frame yet" if age_ns is None else f"newest frame {_ms(age_ns):.0f} ms old"))
                 return None
             frames[name] = frame
+        skew_limit = self.safety.max_camera_skew_s
+        if skew_limit is not None and len(frames) > 1:
+            stamps = [f.capture_ns for f in frames.values()]
+            skew_ns = max(stamps) - min(stamps)
+            if skew_ns > skew_limit * 1e9:
+                self.interventions.record("camera_skew", f"frames {_ms(skew_ns):.0f} ms apart "
+                                                         f"(limit {skew_limit * 1e3:.0f} ms)")
+                return None
         return frames
 
     def _request(self, ep: _Episode, frames: dict[str, Frame]) -> None:

@@ -92,6 +92,10 @@ class SafetyConfig(BaseModel):
     max_frame_age_s: float = Field(0.1, gt=0, description="A camera frame older than this is not sent "
                                    "(rule 'frame_stale').")
     camera_timeout_s: float = Field(0.2, gt=0, description="No fresh frame for this long: SAFE-HOLD 'camera_stale'.")
+    max_camera_skew_s: float | None = Field(
+        None, gt=0, description="Frames of two cameras captured further apart than this do not make an observation "
+        "(rule 'camera_skew', O4); persistent skew ends in 'camera_stale'. Off by default (the frame-age limit bounds "
+        "it already); a D415 pair at 30 fps: 0.033. The sim's cameras render each on its own at 15 fps: leave it off.")
 
     # --- gripper ---
     gripper_open_above: float = Field(0.6, description="Open when the command rises above this (hysteresis).")

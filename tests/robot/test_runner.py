@@ -26,6 +26,7 @@ from serve_process import spawned
 from policy_server.echo import EchoBackend, echo_contract
 from policy_server.server import PolicyServer
 from robot.arm import ArmError, ArmState, GripperState
+from robot.cameras import Frame
 from robot.estop import EStopMode, EStopState, StopReason
 from robot.execution import delta_between
 from robot.policy import Observation, PolicyChunk, PolicyFailure, RemotePolicy, robot_contract
@@ -507,11 +508,12 @@ class FakeScene:
         return False
 
 
-def fake_runner(arm: FakeArm, safety: SafetyConfig | None = None,
-                max_episode_s: float = 1.0) -> tuple[Runner, FakeGripper, FakeScene]:
+def fake_runner(arm: FakeArm, safety: SafetyConfig | None = None, max_episode_s: float = 1.0,
+                cameras: dict | None = None, policy: Any = None) -> tuple[Runner, FakeGripper, FakeScene]:
     gripper, scene = FakeGripper(), FakeScene(arm)
     runner = Runner(RunnerConfig(max_episode_s=max_episode_s), safety or SafetyConfig(), arm=arm, gripper=gripper,
-                    cameras={}, policy=FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1])), scene=scene, task="pick_bottle")
+                    cameras=cameras or {}, policy=policy or FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1])), scene=scene,
+                    task="pick_bottle")
     return runner, gripper, scene
 
 
@@ -545,6 +547,37 @@ def test_measured_tcp_speed_above_the_cap_is_safe_hold():
     record = out[0].episodes[0]
     assert record.outcome == "aborted:tcp_speed" and record.interventions["tcp_speed"] == 1
     assert len(arm.moves) <= moves_then + 1 and gripper.fault is not None  # at most the tick already under way
+
+
+class LaggingCamera:
+    """A 30 fps camera whose frames arrive `lag_s` late (a stalled USB link): always fresh by its own clock."""
+
+    def __init__(self, lag_s: float) -> None:
+        self.lag_ns, self.n = round(lag_s * 1e9), 0
+
+    def read_latest(self) -> Frame:
+        self.n += 1
+        return Frame(np.zeros((48, 64, 3), np.uint8), None, time.monotonic_ns() - self.lag_ns, 0.0, self.n)
+
+
+def test_cameras_out_of_sync_never_make_an_observation():
+    """O4: with one camera 50 ms behind the other (limit 33 ms) no observation is built, the skew is counted,
+    the policy is never called, and the persistent skew ends the episode as camera_stale; 20 ms apart runs."""
+    safety = SafetyConfig(max_camera_skew_s=0.033, camera_timeout_s=0.5)
+    policy = FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1]))
+    runner, _, _ = fake_runner(FakeArm(), safety, cameras={"static": LaggingCamera(0.0), "wrist": LaggingCamera(0.05)},
+                               policy=policy)
+    record = runner.run(1).episodes[0]
+    runner.close()
+    assert record.outcome == "aborted:camera_stale" and record.interventions["camera_skew"] >= 5
+    assert policy.calls == []
+    policy = FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1]))
+    runner, _, _ = fake_runner(FakeArm(), safety, cameras={"static": LaggingCamera(0.0), "wrist": LaggingCamera(0.02)},
+                               policy=policy)
+    record = runner.run(1).episodes[0]
+    runner.close()
+    assert not record.outcome.startswith("aborted") and "camera_skew" not in record.interventions
+    assert len(policy.calls) > 3
 
 
 def test_allow_listed_error_is_recovered_once_between_episodes():
