@@ -62,20 +62,13 @@ def open_estop(config: Any, stack: ExitStack, wait_s: float, progress: Callable[
     for a console, then begin motion (ARMED -> RUN). None when the launch file requires none."""
     if not config.estop_required:
         return None
-    import time
-
     from robot.estop import EStopListener
-    from robot.estop.listener import EStopMode
+    from robot.estop.listener import start_motion
 
     listener = stack.enter_context(EStopListener(config.estop.endpoint, required=True,
                                                  timeout_s=config.estop.timeout_s))
     progress(f"waiting up to {wait_s:g} s for the e-stop console (`dv-estop --endpoint {config.estop.endpoint}`)")
-    deadline = time.monotonic() + wait_s
-    state = listener.check()
-    while state.mode is EStopMode.WAITING and time.monotonic() < deadline:
-        time.sleep(0.05)
-        state = listener.check()
-    state = listener.begin_motion()
+    state = start_motion(listener, wait_s)
     if not state.may_move:
         raise CollectionAborted(f"e-stop {state.describe()}: no motion allowed; start the dv-estop console "
                                 f"on {config.estop.endpoint} and release any stop")

@@ -36,6 +36,7 @@ from teleop.answers import Answers, KeyAnswers, LineAnswers
 from teleop.dataset import DatasetWriter, EpisodeAborted, ResumeMismatch
 from teleop.dataset import layout as L
 from teleop.devices.command import CommandSource
+from teleop.guiding import EStopRefused
 from teleop.recorder import EpisodeProgress, Recorder
 from teleop.replay import ReplayError
 from teleop.rows import dataset_config
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             return _replay(args)
         started = time.monotonic()
         history = _record(args)
-    except (UsageError, ReplayError, LaunchConfigError, ValidationError, ResumeMismatch, EpisodeAborted,
+    except (UsageError, ReplayError, EStopRefused, LaunchConfigError, ValidationError, ResumeMismatch, EpisodeAborted,
             FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2

@@ -24,10 +24,15 @@ import numpy as np
 
 from robot.arm import ArmState
 from robot.cameras import Frame
+from robot.estop.listener import start_motion
 from robot.execution import delta_between, state_vector
 from robot.runner import CameraLike, EpisodeRecord, GripperLike, Scene, StepSink, StopSignal, TickRecord
 from robot.safety import SafetyConfig, SafetyEnvelope
 from teleop.devices.command import CommandSource
+
+
+class EStopRefused(RuntimeError):
+    """The e-stop did not allow the run to start."""
 
 
 class ArmReader(Protocol):
@@ -56,12 +61,15 @@ class GuidedRecording:
         """From a signal handler or another thread: the episode ends at its next tick as aborted:interrupted."""
         self._stop.set()
 
-    def run(self, episodes: int, scene: Scene, max_s: float) -> list[EpisodeRecord]:
-        """Episodes 1..episodes, each from the scene's reset (home), until one is interrupted."""
-        records = []
+    def run(self, episodes: int, scene: Scene, max_s: float, estop_wait_s: float = 10.0) -> list[EpisodeRecord]:
+        """Episodes 1..episodes, each from the scene's reset (home), until one is interrupted. With an e-stop, the
+        run starts only once its console allows motion (the reset moves the arm home)."""
+        if self._estop is not None and not (state := start_motion(self._estop, estop_wait_s, self._clock)).may_move:
+            raise EStopRefused(f"e-stop {state.describe()}: start the dv-estop console and release any stop")
+        records: list[EpisodeRecord] = []
         for index in range(1, episodes + 1):
-            if self._stop.is_set():
-                break
+            if self._stop.is_set() or (records and records[-1].outcome.startswith("aborted:")):
+                break  # interrupted, or a latched e-stop: an operator decides what happens next
             records.append(self.run_episode(index, scene.reset(index), max_s))
         return records
 
@@ -80,8 +88,8 @@ class GuidedRecording:
             if self._stop.is_set():
                 outcome = "aborted:interrupted"
                 break
-            if self._estop is not None and not (state := self._estop.check(tick_ns)).may_move:
-                outcome = f"aborted:estop ({state.describe()})"
+            if self._estop is not None and not self._estop.check(tick_ns).may_move:
+                outcome = "aborted:estop"  # the console shows why; the runner names it the same way
                 break
             arm = self.arm.read_state()
             frames = self._frames()

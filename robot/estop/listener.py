@@ -24,8 +24,10 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Protocol
 
 import zmq
 
@@ -227,3 +229,20 @@ class EStopListener(SocketEndpoint):
         log.warning("e-stop: STOP latched (%s)", reason.value)
         self._state = replace(self._state, mode=EStopMode.STOPPED, reason=reason, detected_ns=now,
                               cause_ns=cause_ns, stop_count=self._state.stop_count + 1)
+
+
+class _Signal(Protocol):
+    def check(self, now_ns: int | None = None) -> EStopState: ...
+
+    def begin_motion(self, now_ns: int | None = None) -> EStopState: ...
+
+
+def start_motion(estop: _Signal, wait_s: float, clock: Callable[[], int] = time.monotonic_ns) -> EStopState:
+    """The operator's start of a run (the runner's, a recording's, a calibration's): wait up to `wait_s` for a
+    required console to be heard, then ARMED -> RUN. The caller moves only if the result `may_move`."""
+    deadline = clock() + round(wait_s * 1e9)
+    state = estop.check(clock())
+    while state.mode is EStopMode.WAITING and clock() < deadline:
+        time.sleep(0.05)
+        state = estop.check(clock())
+    return estop.begin_motion(clock())

@@ -439,3 +439,39 @@ def test_teleop_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE.parents[1], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
     assert out.returncode == 0, out.stderr
+
+
+class _Console:
+    """An e-stop as the guiding loop sees it: `script` lists the modes of successive checks (the last repeats)."""
+
+    def __init__(self, *script: str) -> None:
+        from robot.estop import EStopMode
+
+        self.modes = [EStopMode(m) for m in script]
+
+    def check(self, now_ns: int | None = None):
+        from robot.estop import EStopState, StopReason
+
+        mode = self.modes.pop(0) if len(self.modes) > 1 else self.modes[0]
+        return EStopState(mode, StopReason.STOP_COMMAND if mode == "STOPPED" else None)
+
+    def begin_motion(self, now_ns: int | None = None):
+        return self.check(now_ns)
+
+
+def test_guiding_waits_for_the_e_stop_and_a_stop_ends_the_episode():
+    from robot.safety import SafetyConfig
+    from teleop.guiding import EStopRefused, GuidedRecording
+
+    class _Home:
+        def reset(self, episode: int) -> str:
+            return "open the drawer"
+
+    def guided(console: _Console) -> GuidedRecording:
+        return GuidedRecording(_GuidedArm(), _Gripper(), {n: _Camera(n) for n in ticks.CAMERAS}, _Script(), _Collect(),
+                               SafetyConfig(), rate_hz=30.0, estop=console)
+
+    with pytest.raises(EStopRefused, match="WAITING"):  # no console ever heard: nothing starts
+        guided(_Console("WAITING")).run(1, _Home(), max_s=5.0, estop_wait_s=0.2)
+    records = guided(_Console("ARMED", "RUN", "RUN", "RUN", "RUN", "STOPPED")).run(2, _Home(), max_s=5.0)
+    assert len(records) == 1 and records[0].outcome == "aborted:estop"
