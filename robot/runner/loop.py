@@ -487,7 +487,8 @@ class Runner:
         step = ep.timeline.take(slot, self._clock())
         if step is None:
             return
-        target = self.envelope.filter_target(ep.T_cmd, compose(ep.T_cmd, step.action), ep.state.T_base_ee)
+        target = self.envelope.filter_target(ep.T_cmd, compose(ep.T_cmd, step.action), ep.state.T_base_ee,
+                                             ep.state.joint_positions)
         if isinstance(target, Rejection):
             return self._miss(ep, target.rule, target.detail)
         with self._lock:

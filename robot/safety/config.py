@@ -84,7 +84,14 @@ class SafetyConfig(BaseModel):
     joint_lower: Vec7 = FR3_Q_MIN
     joint_upper: Vec7 = FR3_Q_MAX
     joint_margin_rad: float = Field(0.1, ge=0, description="SAFE-HOLD when a measured joint is this close to a "
-                                    "limit (rule 'joint_limit'), before Control raises a limit violation.")
+                                    "limit (rule 'joint_limit'), before Control raises a limit violation; a target "
+                                    "whose predicted joints come this close is refused (rule 'joint_target_limit', "
+                                    "A4).")
+    singularity_slow_kappa: float = Field(17.0, gt=1, description="Above this condition number of the measured "
+                                          "6x7 Jacobian the step caps shrink linearly, to zero at "
+                                          "singularity_stop_kappa (rule 'singularity_slowdown', A8).")
+    singularity_stop_kappa: float = Field(30.0, gt=1, description="At or above this condition number every target "
+                                          "is refused (rule 'singularity', A8; MoveIt servo's 17/30).")
 
     # --- freshness ---
     max_obs_age_s: float = Field(0.25, gt=0, description="An action whose observation is older than this when it "
@@ -119,6 +126,8 @@ class SafetyConfig(BaseModel):
             raise ValueError("gripper thresholds need 0 <= gripper_close_below <= gripper_open_above <= 1")
         if any(lo >= hi for lo, hi in zip(self.joint_lower, self.joint_upper, strict=True)):
             raise ValueError("joint_lower must be below joint_upper for every joint")
+        if not self.singularity_slow_kappa < self.singularity_stop_kappa:
+            raise ValueError("singularity_slow_kappa must be below singularity_stop_kappa")
         if sum(c * c for c in self.tool_axis_nominal) < 1e-12:
             raise ValueError("tool_axis_nominal must be a non-zero vector")
         return self

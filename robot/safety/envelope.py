@@ -8,6 +8,11 @@ Pure logic (numpy and scipy only, no I/O), so every rule is unit-tested without 
   more than the clamp margin is rejected; each single target is then capped per step (speed), kept in the
   orientation cone, clamped into the box and held within `max_lead_m` of the measured pose, so that if
   everything dies the arm stops within L_max (the bounded-lead invariant, safety_reliability.md §2.5).
+  Given the measured joints, `filter_target` also looks at the arm's kinematics (robot/kinematics.py): the
+  condition number κ of the 6x7 Jacobian shrinks the step caps above `singularity_slow_kappa` and refuses every
+  target from `singularity_stop_kappa` on (A8), and the joints a target would need, predicted by one damped
+  least-squares step q + J⁺·Δx, must stay `joint_margin_rad` inside the limits (A4), so that Control never has
+  to raise a limit violation for a target the envelope sent.
 - `check_state` and `gripper_open`: reactions to the measured state (force, torque, joint limits) and the
   gripper's hysteresis.
 Every change or refusal is counted under its rule name in `interventions`.
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from robot import kinematics
 from robot.safety.config import SafetyConfig
 from robot.safety.interventions import Interventions
 
@@ -113,17 +119,36 @@ class SafetyEnvelope:
 
     # ------------------------------------------------------------------ single targets
 
-    def filter_target(self, T_commanded: np.ndarray, T_next: np.ndarray,
-                      T_measured: np.ndarray) -> np.ndarray | Rejection:
+    def filter_target(self, T_commanded: np.ndarray, T_next: np.ndarray, T_measured: np.ndarray,
+                      q_measured: np.ndarray | None = None) -> np.ndarray | Rejection:
         """The target to send instead of `T_next`, or a Rejection (send nothing).
 
         Rotation: kept in the orientation cone, then capped per step. Translation: capped per step from the last
         commanded target, clamped into the box, then pulled within `max_lead_m` of the measured position. A
         result still outside the box (only possible when the measured pose is itself far outside) is refused.
+        With the measured joints `q_measured` (7,) (the control loop always passes them; without them only the
+        Cartesian rules apply, e.g. for teleop's what-if counting): near a singularity the step caps shrink or
+        the target is refused (A8), and a target whose predicted joints come within `joint_margin_rad` of a
+        limit is refused (A4).
         """
         if not (_finite_pose(T_commanded) and _finite_pose(T_next) and _finite_pose(T_measured)):
             return self._reject("non_finite", "a pose given to the target filter is not a finite 4x4")
         cfg, rec = self.config, self.interventions.record
+        step_m, step_rad, J = self._step_m, self._step_rad, None
+        if q_measured is not None:
+            q_measured = np.asarray(q_measured, dtype=np.float64)
+            if q_measured.shape != (7,) or not np.isfinite(q_measured).all():
+                return self._reject("bad_state", "the measured joints are not 7 finite values")
+            J = kinematics.jacobian(q_measured)
+            kappa = kinematics.condition_number(J)
+            slow, stop = cfg.singularity_slow_kappa, cfg.singularity_stop_kappa
+            if not kappa < stop:
+                return self._reject("singularity", f"Jacobian condition number {kappa:.1f} >= {stop:.0f} "
+                                                   "at the measured joints")
+            if kappa > slow:
+                scale = (stop - kappa) / (stop - slow)
+                rec("singularity_slowdown", f"κ {kappa:.1f} > {slow:.0f}: step caps × {scale:.2f}")
+                step_m, step_rad = step_m * scale, step_rad * scale
         R_cmd, R = T_commanded[:3, :3], T_next[:3, :3]
         coned = _rotate_into_cone(R, self._nominal, cfg.cone_half_angle_rad)
         if coned is not None:
@@ -131,15 +156,15 @@ class SafetyEnvelope:
             R = coned
         rotvec = Rotation.from_matrix(R_cmd.T @ R).as_rotvec()
         angle = float(np.linalg.norm(rotvec))
-        if angle > self._step_rad:
-            rec("step_rotation", f"{angle:.3f} rad capped to {self._step_rad:.3f}")
-            R = R_cmd @ Rotation.from_rotvec(rotvec * (self._step_rad / angle)).as_matrix()
+        if angle > step_rad:
+            rec("step_rotation", f"{angle:.3f} rad capped to {step_rad:.3f}")
+            R = R_cmd @ Rotation.from_rotvec(rotvec * (step_rad / angle)).as_matrix()
 
         p_cmd, p = T_commanded[:3, 3], T_next[:3, 3].copy()
         step = float(np.linalg.norm(p - p_cmd))
-        if step > self._step_m:
-            rec("step_translation", f"{step * 1e3:.1f} mm capped to {self._step_m * 1e3:.1f}")
-            p = p_cmd + (p - p_cmd) * (self._step_m / step)
+        if step > step_m:
+            rec("step_translation", f"{step * 1e3:.1f} mm capped to {step_m * 1e3:.1f}")
+            p = p_cmd + (p - p_cmd) * (step_m / step)
         boxed = np.clip(p, self._lo, self._hi)
         if not np.array_equal(boxed, p):
             rec("workspace", f"target clamped by {np.linalg.norm(boxed - p) * 1e3:.1f} mm onto the box")
@@ -152,6 +177,14 @@ class SafetyEnvelope:
         if np.any(p < self._lo - 1e-9) or np.any(p > self._hi + 1e-9):
             return self._reject("workspace", f"measured pose {np.round(p_meas, 3).tolist()} is outside the box; "
                                              "no target within the lead limit is inside it")
+        if J is not None:  # A4: the joints this target needs, one damped least-squares step from the measured ones
+            twist = np.concatenate([p - p_meas, Rotation.from_matrix(R @ T_measured[:3, :3].T).as_rotvec()])
+            q_pred = q_measured + kinematics.dls_step(J, twist)
+            near = np.flatnonzero((q_pred < self._q_lo) | (q_pred > self._q_hi))
+            if near.size:
+                i = int(near[0])
+                return self._reject("joint_target_limit", f"the target needs joint {i + 1} at {q_pred[i]:.3f} rad, "
+                                                          f"within {cfg.joint_margin_rad} rad of its limit")
         T = np.eye(4)
         T[:3, :3], T[:3, 3] = R, p
         return T
@@ -160,7 +193,7 @@ class SafetyEnvelope:
 
     def check_state(self, wrench: np.ndarray, joints: np.ndarray, twist: np.ndarray) -> Rejection | None:
         """A reason for SAFE-HOLD in the measured state (external force/torque, a joint near its limit, the TCP
-        moving faster than allowed), or None."""
+        moving faster than allowed, the arm at a near-singular pose: κ >= singularity_stop_kappa), or None."""
         cfg = self.config
         if not (np.isfinite(wrench).all() and np.isfinite(joints).all() and np.isfinite(twist).all()):
             return self._reject("bad_state", "the measured wrench, joints or twist hold NaN/Inf")
@@ -177,6 +210,10 @@ class SafetyEnvelope:
             i = int(near[0])
             return self._reject("joint_limit", f"joint {i + 1} at {joints[i]:.3f} rad is within "
                                                f"{cfg.joint_margin_rad} rad of its limit")
+        kappa = kinematics.condition_number(kinematics.jacobian(joints))
+        if not kappa < cfg.singularity_stop_kappa:
+            return self._reject("singularity", f"Jacobian condition number {kappa:.1f} >= "
+                                               f"{cfg.singularity_stop_kappa:.0f} at the measured joints")
         return None
 
     def gripper_open(self, command: float, is_open: bool) -> bool:

@@ -8,6 +8,7 @@ travel after detection, tick jitter) are printed with `-s`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from robot.arm import ArmError, ArmState, GripperState
 from robot.cameras import Frame
 from robot.estop import EStopMode, EStopState, StopReason
 from robot.execution import delta_between
+from robot.kinematics import fk
 from robot.policy import Observation, PolicyChunk, PolicyFailure, RemotePolicy, robot_contract
 from robot.runner import Runner, RunnerConfig, RunSummary, SimScene
 from robot.safety import Box, SafetyConfig
@@ -547,6 +549,42 @@ def test_measured_tcp_speed_above_the_cap_is_safe_hold():
     record = out[0].episodes[0]
     assert record.outcome == "aborted:tcp_speed" and record.interventions["tcp_speed"] == 1
     assert len(arm.moves) <= moves_then + 1 and gripper.fault is not None  # at most the tick already under way
+
+
+class ArmAt(FakeArm):
+    """A FakeArm that reports joints `q` (never changing) and the pose FK gives for them."""
+
+    def __init__(self, q: np.ndarray) -> None:
+        super().__init__()
+        self.q, self.T = q, fk(q)
+
+    def read_state(self) -> ArmState:
+        return dataclasses.replace(super().read_state(), joint_positions=self.q.copy())
+
+
+def test_a_target_needing_a_joint_past_its_soft_limit_never_reaches_the_arm():
+    """A4 at run time: the loop hands the envelope the measured joints; folded near joint 4's lower limit, every
+    target that would fold it further is refused and counted, the arm holds, and nothing is ever sent."""
+    arm = ArmAt(np.array([0.0, 0.25, 0.0, -2.92, 0.0, 3.17, np.pi / 4]))
+    runner, _, _ = fake_runner(arm, policy=FnPolicy(constant([-0.01, 0, 0, 0, 0, 0, 1])))
+    summary = runner.run(1)
+    runner.close()
+    record = summary.episodes[0]
+    assert not record.success and record.interventions["joint_target_limit"] >= 2
+    assert record.interventions["hold"] >= 2
+    assert arm.moves == [] and record.steps == 0
+
+
+def test_a_near_singular_measured_pose_is_safe_hold():
+    """A8 at run time: at κ >= 30 (elbow nearly stretched, κ 40) the measured state alone is a SAFE-HOLD reason:
+    the episode aborts as singularity on its first tick, nothing sent, the gripper latched."""
+    arm = ArmAt(np.array([0.0, 0.6, 0.0, -0.8, 0.0, 1.4, np.pi / 4]))
+    runner, gripper, _ = fake_runner(arm, policy=FnPolicy(constant([-0.005, 0, 0, 0, 0, 0, 1])))
+    summary = runner.run(1)
+    runner.close()
+    record = summary.episodes[0]
+    assert record.outcome == "aborted:singularity" and record.interventions["singularity"] == 1
+    assert arm.moves == [] and record.steps == 0 and gripper.fault is not None
 
 
 class LaggingCamera:

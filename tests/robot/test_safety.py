@@ -17,7 +17,9 @@ from hypothesis.extra import numpy as hnp
 from pydantic import ValidationError
 from scipy.spatial.transform import Rotation
 
+from robot.kinematics import condition_number, fk, jacobian
 from robot.safety import Interventions, Rejection, SafetyConfig, SafetyEnvelope
+from robot.sim.scene import HOME_Q
 
 DT = 1 / 15
 CFG = SafetyConfig()
@@ -65,6 +67,8 @@ def test_config_errors_name_the_field():
         SafetyConfig.model_validate({"workspace": {"lo": [0.5, 0, 0], "hi": [0.4, 1, 1]}})
     with pytest.raises(ValidationError, match="gripper"):
         SafetyConfig(gripper_open_above=0.3, gripper_close_below=0.6)
+    with pytest.raises(ValidationError, match="singularity_slow_kappa"):
+        SafetyConfig(singularity_slow_kappa=30, singularity_stop_kappa=17)
 
 
 def test_step_caps_are_the_tighter_of_step_and_speed():
@@ -225,6 +229,83 @@ def test_non_finite_poses_are_refused():
     for args in ((bad, pose([0.5, 0, 0.3]), pose([0.5, 0, 0.3])), (pose([0.5, 0, 0.3]), pose([0.5, 0, 0.3]), bad)):
         result = envelope().filter_target(*args)
         assert isinstance(result, Rejection) and result.rule == "non_finite"
+
+
+# ------------------------------------------------------------------------------------------------ joints (A4, A8)
+
+# Tool pointing down (q6 = q2 - q4), all in the workspace box. The FR3's stretched-elbow singularity is at
+# q4 ≈ -0.5 (κ > 400), beyond the soft limit -0.25; κ falls as the elbow bends: 40 at q4 = -0.8, 26 at -1.0.
+Q_HOME = np.array(HOME_Q)
+Q_SLOW = np.array([0.0, 0.6, 0.0, -1.0, 0.0, 1.6, math.pi / 4])  # reaching far forward: 17 < κ < 30
+Q_STOP = np.array([0.0, 0.6, 0.0, -0.8, 0.0, 1.4, math.pi / 4])  # further stretched: κ > 30
+Q_FOLDED = np.array([0.0, 0.25, 0.0, -2.92, 0.0, 3.17, math.pi / 4])  # q4 0.022 rad inside its soft lower limit
+
+
+def moved(T: np.ndarray, dp) -> np.ndarray:
+    out = T.copy()
+    out[:3, 3] += dp
+    return out
+
+
+def test_kappa_of_the_test_configurations():
+    """The configurations below sit where their names say: home far below both A8 thresholds (printed)."""
+    kappa = {name: condition_number(jacobian(q)) for name, q in
+             (("home", Q_HOME), ("slow", Q_SLOW), ("stop", Q_STOP), ("folded", Q_FOLDED))}
+    print("\nκ: " + ", ".join(f"{name} {k:.1f}" for name, k in kappa.items()))
+    assert kappa["home"] < 10 and kappa["folded"] < CFG.singularity_slow_kappa
+    assert CFG.singularity_slow_kappa < kappa["slow"] < CFG.singularity_stop_kappa < kappa["stop"]
+    for q in (Q_HOME, Q_SLOW, Q_STOP, Q_FOLDED):
+        assert inside(fk(q)[:3, 3]) and tool_angle(fk(q)[:3, :3]) < 1e-6
+        assert np.all(q > np.array(CFG.joint_lower) + CFG.joint_margin_rad)  # no joint near its limit yet
+        assert np.all(q < np.array(CFG.joint_upper) - CFG.joint_margin_rad)
+
+
+def test_a_normal_step_at_home_is_unaffected_by_the_joint_rules():
+    """A4/A8 do not touch ordinary motion: a 10 mm, 0.03 rad step at home is sent as asked, nothing counted."""
+    env, T = envelope(), fk(Q_HOME)
+    T_next = moved(T, [0.01, -0.005, 0.0])
+    T_next[:3, :3] = Rotation.from_euler("z", 0.03).as_matrix() @ T[:3, :3]
+    out = env.filter_target(T, T_next, T, Q_HOME)
+    np.testing.assert_allclose(out, T_next, atol=1e-12)
+    assert env.interventions.take() == {}
+
+
+def test_near_a_singularity_steps_slow_down_then_stop():
+    """A8: between κ 17 and 30 the step caps shrink linearly (to zero at 30), counted as singularity_slowdown;
+    at κ >= 30 every target is refused (rule singularity), so nothing is sent."""
+    env = envelope()
+    T = fk(Q_SLOW)
+    kappa = condition_number(jacobian(Q_SLOW))
+    scale = (CFG.singularity_stop_kappa - kappa) / (CFG.singularity_stop_kappa - CFG.singularity_slow_kappa)
+    out = env.filter_target(T, moved(T, [-0.01, 0.0, 0.0]), T, Q_SLOW)  # 10 mm, under the normal cap
+    assert np.linalg.norm(out[:3, 3] - T[:3, 3]) == pytest.approx(STEP_M * scale)
+    assert env.interventions.take() == {"singularity_slowdown": 1, "step_translation": 1}
+    T = fk(Q_STOP)
+    result = env.filter_target(T, moved(T, [-0.005, 0.0, 0.0]), T, Q_STOP)
+    assert isinstance(result, Rejection) and result.rule == "singularity"
+    assert env.interventions.take() == {"singularity": 1}
+    stricter = envelope(singularity_slow_kappa=5, singularity_stop_kappa=8)
+    assert stricter.filter_target(fk(Q_HOME), fk(Q_HOME), fk(Q_HOME), Q_HOME).rule == "singularity"
+    assert env.check_state(np.zeros(6), Q_SLOW, np.zeros(6)) is None  # slow, not yet a reason to hold
+    assert env.check_state(np.zeros(6), Q_STOP, np.zeros(6)).rule == "singularity"  # the loop's SAFE-HOLD
+
+
+def test_a_target_that_needs_a_joint_past_its_soft_limit_is_refused():
+    """A4: folded near joint 4's lower limit, a 10 mm step that folds it further would need q4 within 0.1 rad of
+    the limit: refused (joint_target_limit), counted, nothing returned to send; the step away is sent."""
+    env, T = envelope(), fk(Q_FOLDED)
+    result = env.filter_target(T, moved(T, [-0.01, 0.0, 0.0]), T, Q_FOLDED)
+    assert isinstance(result, Rejection) and result.rule == "joint_target_limit" and "joint 4" in result.detail
+    assert env.interventions.take() == {"joint_target_limit": 1}
+    away = moved(T, [0.01, 0.0, 0.0])
+    np.testing.assert_allclose(env.filter_target(T, away, T, Q_FOLDED), away, atol=1e-12)
+    assert env.interventions.take() == {}
+
+
+def test_bad_measured_joints_are_refused():
+    for q in (np.full(7, math.nan), np.zeros(6)):
+        result = envelope().filter_target(fk(Q_HOME), fk(Q_HOME), fk(Q_HOME), q)
+        assert isinstance(result, Rejection) and result.rule == "bad_state"
 
 
 # ------------------------------------------------------------------------------------------------ state, gripper
