@@ -121,6 +121,7 @@ class GuidedRecording:
     def _emit(self, held: TickRecord, T_next: np.ndarray, gripper_open: bool) -> None:
         """Tick t with its action, now that tick t+1's pose is known; the envelope judges the guided step."""
         T = held.arm.T_base_ee
-        self.envelope.filter_target(T, T_next, T)  # counts the rules a commanded step like this would trip
+        # counts the rules (speed, workspace, joint limits, singularity) a commanded step like this would trip
+        self.envelope.filter_target(T, T_next, T, held.arm.joint_positions)
         action = np.array([*delta_between(T, T_next), 1.0 if gripper_open else 0.0])
         self.sink.record(dataclasses.replace(held, action=action, target=T_next.copy()))

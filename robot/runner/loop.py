@@ -32,7 +32,7 @@ import numpy as np
 
 from robot.arm import ArmError, ArmState
 from robot.cameras import Frame
-from robot.estop.listener import EStopMode
+from robot.estop.listener import start_motion
 from robot.estop.wire import Latency, RobotState, RobotStatus
 from robot.execution import Timeline, compose, delta_between, predicted_positions, state_vector
 from robot.policy import Observation, Policy, PolicyChunk, PolicyFailure
@@ -172,12 +172,7 @@ class Runner:
     def _start_estop(self) -> None:
         """The run is the operator's start: wait for a console if one is required, then ARMED -> RUN."""
         assert self._estop is not None
-        deadline = self._clock() + round(self.config.estop_wait_s * 1e9)
-        state = self._estop.check(self._clock())
-        while state.mode is EStopMode.WAITING and self._clock() < deadline:
-            time.sleep(0.05)
-            state = self._estop.check(self._clock())
-        state = self._estop.begin_motion(self._clock())
+        state = start_motion(self._estop, self.config.estop_wait_s, self._clock)
         self._estop_text = state.describe()
         if not state.may_move:
             self.request_stop(f"e-stop {state.describe()} at the start of the run")

@@ -81,6 +81,10 @@ class SafetyConfig(BaseModel):
     measured_speed_margin: float = Field(1.2, ge=1.0, description="SAFE-HOLD when the measured TCP speed exceeds "
                                          "max_speed_mps by this factor (rule 'tcp_speed'; A5: the commanded "
                                          "steps are capped, so this catches what the caps cannot, e.g. a push).")
+    tcp_speed_readings: int = Field(2, ge=1, description="Consecutive readings (ticks) above that speed before "
+                                    "SAFE-HOLD; a single one is counted ('tcp_speed_reading') but not acted on: the "
+                                    "measured twist comes from an estimated dq, and in one loaded sim run a lone "
+                                    "reading crossed the limit while every commanded step was capped.")
     joint_lower: Vec7 = FR3_Q_MIN
     joint_upper: Vec7 = FR3_Q_MAX
     joint_margin_rad: float = Field(0.1, ge=0, description="SAFE-HOLD when a measured joint is this close to a "

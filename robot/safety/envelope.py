@@ -73,6 +73,7 @@ class SafetyEnvelope:
         self._nominal = nominal / np.linalg.norm(nominal)
         self._q_lo = np.array(config.joint_lower) + config.joint_margin_rad
         self._q_hi = np.array(config.joint_upper) - config.joint_margin_rad
+        self._fast_readings = 0  # consecutive measured-speed readings above the limit
 
     # ------------------------------------------------------------------ whole chunks
 
@@ -198,8 +199,12 @@ class SafetyEnvelope:
         if not (np.isfinite(wrench).all() and np.isfinite(joints).all() and np.isfinite(twist).all()):
             return self._reject("bad_state", "the measured wrench, joints or twist hold NaN/Inf")
         speed, limit = float(np.linalg.norm(twist[:3])), cfg.max_speed_mps * cfg.measured_speed_margin
-        if speed > limit:
-            return self._reject("tcp_speed", f"measured TCP speed {speed:.3f} m/s > {limit:.3f} m/s")
+        self._fast_readings = self._fast_readings + 1 if speed > limit else 0
+        if self._fast_readings >= cfg.tcp_speed_readings:
+            return self._reject("tcp_speed", f"measured TCP speed {speed:.3f} m/s > {limit:.3f} m/s on "
+                                             f"{self._fast_readings} readings in a row")
+        if self._fast_readings:
+            self.interventions.record("tcp_speed_reading", f"measured TCP speed {speed:.3f} m/s > {limit:.3f} m/s")
         force, torque = float(np.linalg.norm(wrench[:3])), float(np.linalg.norm(wrench[3:]))
         if force > cfg.max_force_n:
             return self._reject("force", f"external force {force:.1f} N > {cfg.max_force_n:.1f} N")

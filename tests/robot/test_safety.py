@@ -328,8 +328,13 @@ def test_force_torque_joint_limits_and_tcp_speed_call_for_safe_hold():
     assert env.check_state(np.full(6, math.nan), home, still).rule == "bad_state"
     limit = CFG.max_speed_mps * CFG.measured_speed_margin
     assert env.check_state(np.zeros(6), home, np.array([0.99 * limit, 0, 0, 0, 0, 0])) is None
-    fast = env.check_state(np.zeros(6), home, np.array([0, 0.8 * limit, -0.8 * limit, 0, 0, 0]))
-    assert fast.rule == "tcp_speed" and "measured TCP speed" in fast.detail
+    fast = np.array([0, 0.8 * limit, -0.8 * limit, 0, 0, 0])
+    assert env.check_state(np.zeros(6), home, fast) is None  # one reading: counted, not acted on
+    assert env.check_state(np.zeros(6), home, still) is None  # and forgotten once the speed is back
+    assert env.check_state(np.zeros(6), home, fast) is None
+    result = env.check_state(np.zeros(6), home, fast)  # the second reading in a row
+    assert result.rule == "tcp_speed" and "2 readings in a row" in result.detail
+    assert env.interventions.counts["tcp_speed_reading"] == 2
     assert env.check_state(np.zeros(6), home, np.array([math.inf, 0, 0, 0, 0, 0])).rule == "bad_state"
 
 
