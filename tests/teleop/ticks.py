@@ -14,9 +14,12 @@ CAMERAS = {"static": (H, W, True), "wrist": (H, W, True)}
 DT_NS = 66_666_667
 
 
+HOME_Q = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])  # far from singularities and joint limits
+
+
 def arm_state(T: np.ndarray, t_ns: int) -> ArmState:
     zeros = np.zeros(6)
-    return ArmState(T, T[:3, 3].copy(), np.array([0, 0, 0, 1.0]), zeros[:3].copy(), np.zeros(7), np.zeros(7), zeros,
+    return ArmState(T, T[:3, 3].copy(), np.array([0, 0, 0, 1.0]), zeros[:3].copy(), HOME_Q.copy(), np.zeros(7), zeros,
                     zeros, "Move", (), t_ns // 1_000_000, t_ns)
 
 
