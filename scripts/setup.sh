@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 extras="server,robot,sim"
 [[ "${1:-}" == "--dev" ]] && extras="$extras,dev"
 
-# libusb for pyrealsense2; EGL/GL for MuJoCo's offscreen renderer.
-apt_packages=(libusb-1.0-0 libegl1 libgl1 libglib2.0-0)
+# libusb for pyrealsense2; EGL/GL for MuJoCo's offscreen renderer; hidapi for the SpaceMouse (pyspacemouse).
+apt_packages=(libusb-1.0-0 libegl1 libgl1 libglib2.0-0 libhidapi-hidraw0)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

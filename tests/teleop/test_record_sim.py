@@ -247,3 +247,14 @@ def test_a_recalibrated_rig_resumes_and_each_session_keeps_its_calibration(tmp_p
     sessions = [json.loads(p.read_text()) for p in sorted((root / "meta/dv_sessions").glob("*.json"))]
     assert len({s["calibration_hash"] for s in sessions}) == 2
     assert sorted(k for s in sessions for k in s["episodes"]) == ["0", "1"]
+
+
+def test_spacemouse_without_a_device_is_a_clear_error(tmp_path):
+    """The real pyspacemouse + hidapi path on a machine with no SpaceMouse: exit 2 with what to check, nothing
+    recorded, nothing moved."""
+    out = _teleop("record", "--task", "pick_bottle", "--sim", "--launch", str(_launch_file(tmp_path)), "--device",
+                  "spacemouse", "--episodes", "1", "--root", str(tmp_path / "ds"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "no SpaceMouse could be opened" in " ".join(out.stdout.split())  # pyspacemouse and hidapi are installed
+    info = tmp_path / "ds/meta/info.json"
+    assert not info.exists() or json.loads(info.read_text())["total_episodes"] == 0
