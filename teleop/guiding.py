@@ -52,13 +52,16 @@ class GuidedRecording:
         self.envelope = SafetyEnvelope(safety, 1.0 / rate_hz, 1)
         self._dt_ns, self._estop, self._judge, self._clock = round(1e9 / rate_hz), estop, judge, clock
         self._stop = threading.Event()
+        self._stop_code = ""
 
     @property
     def stop_reason(self) -> str | None:
-        return "interrupted" if self._stop.is_set() else None
+        return self._stop_code if self._stop.is_set() else None
 
     def request_stop(self, reason: str, code: str = "interrupted") -> None:
-        """From a signal handler or another thread: the episode ends at its next tick as aborted:interrupted."""
+        """From a signal handler or another thread (the recorder on a write failure): the episode ends at its next
+        tick as aborted:<code>, and no further episode starts."""
+        self._stop_code = self._stop_code or code
         self._stop.set()
 
     def run(self, episodes: int, scene: Scene, max_s: float, estop_wait_s: float = 10.0) -> list[EpisodeRecord]:
@@ -86,7 +89,7 @@ class GuidedRecording:
             tick_ns = self._clock()
             next_tick += self._dt_ns * max(1, (tick_ns - next_tick) // self._dt_ns + 1)
             if self._stop.is_set():
-                outcome = "aborted:interrupted"
+                outcome = f"aborted:{self._stop_code}"
                 break
             if self._estop is not None and not self._estop.check(tick_ns).may_move:
                 outcome = "aborted:estop"  # the console shows why; the runner names it the same way
