@@ -303,15 +303,16 @@ def _mode_ratios(per_mode: dict[str, Any]) -> dict[str, dict[str, float]]:
 # ------------------------------------------------------------------------------------------------ phase 3: e-stop
 
 
-class _Sampler:
-    """The measured TCP position at ~200 Hz on its own thread (the arm allows one reader besides the loop)."""
+class TcpSampler:
+    """The measured TCP position at ~200 Hz on its own thread (the arm allows one reader besides the loop); the
+    benchmark and the loop tests watch the arm through it."""
 
     def __init__(self, arm: Any) -> None:
         self.arm, self.samples = arm, []
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> _Sampler:
+    def __enter__(self) -> TcpSampler:
         self._thread.start()
         return self
 
@@ -359,7 +360,7 @@ def _estop_trial(rig: _Rig, seconds: float) -> _Trial:
 
     trial = _Trial()
     with EStopListener("tcp://127.0.0.1:*", required=True) as listener, \
-            HeartbeatSender(listener.endpoint) as sender, _Sampler(rig.arm) as sampler:
+            HeartbeatSender(listener.endpoint) as sender, TcpSampler(rig.arm) as sampler:
 
         def press_when_moving(arm: _ArmProbe) -> None:
             deadline = time.monotonic() + seconds

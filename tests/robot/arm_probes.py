@@ -3,11 +3,12 @@ measured TCP moved afterwards."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 import numpy as np
+
+from robot.bench import TcpSampler
 
 # Real renders, small enough for a loaded 2-core machine.
 SMALL_CAMERA = {"width": 64, "height": 48, "depth": False}
@@ -37,26 +38,8 @@ class SpyArm:
         return getattr(self.arm, name)
 
 
-class Sampler:
-    """Samples the measured TCP at ~200 Hz on its own thread (the arm allows one thread besides the loop)."""
-
-    def __init__(self, arm: Any) -> None:
-        self.arm, self.samples = arm, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            s = self.arm.read_state()
-            self.samples.append((s.capture_ns, s.position.copy()))
+class Sampler(TcpSampler):
+    """The benchmark's TCP sampler, with what the tests ask of the samples."""
 
     def after(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
         samples = list(self.samples)  # a snapshot: the sampling thread keeps appending
