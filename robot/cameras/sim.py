@@ -29,6 +29,7 @@ from robot.sim.render import (
     StateSource,
     camera_pose_in_body,
     intrinsics_for,
+    pose_matrix,
 )
 
 
@@ -42,22 +43,13 @@ class SimCameraConfig(CameraConfig):
     )
 
 
-def _body_pose(model: mujoco.MjModel, body: int) -> np.ndarray:
-    T = np.eye(4)
-    mat = np.zeros(9)
-    mujoco.mju_quat2Mat(mat, model.body_quat[body])
-    T[:3, :3] = mat.reshape(3, 3)
-    T[:3, 3] = model.body_pos[body]
-    return T
-
-
 def mount_pose(model: mujoco.MjModel, cam_id: int, hand_body: str) -> tuple[Literal["base", "ee"], np.ndarray]:
     """Where the camera is fixed and its optical frame there: ('base', T_base_cam) or ('ee', T_ee_cam)."""
     T = camera_pose_in_body(model, cam_id)
     body = int(model.cam_bodyid[cam_id])
     hand = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, hand_body)
     while body not in (0, hand):
-        T = _body_pose(model, body) @ T
+        T = pose_matrix(model.body_quat[body], model.body_pos[body]) @ T
         body = int(model.body_parentid[body])
     if body == 0:
         return "base", T  # the robot sits at the world origin, so world = base

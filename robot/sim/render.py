@@ -67,14 +67,19 @@ def intrinsics_for(fovy_deg: float, width: int, height: int) -> Intrinsics:
 _MJCAM_T_OPTICAL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
-def camera_pose_in_body(model: mujoco.MjModel, cam_id: int) -> np.ndarray:
-    """T_body_optical of camera `cam_id` relative to the body it is attached to (a model constant)."""
+def pose_matrix(quat_wxyz: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """A MuJoCo (w, x, y, z) quaternion and position as a 4x4 transform."""
     T = np.eye(4)
     mat = np.zeros(9)
-    mujoco.mju_quat2Mat(mat, model.cam_quat[cam_id])
+    mujoco.mju_quat2Mat(mat, quat_wxyz)
     T[:3, :3] = mat.reshape(3, 3)
-    T[:3, 3] = model.cam_pos[cam_id]
-    return T @ _MJCAM_T_OPTICAL
+    T[:3, 3] = pos
+    return T
+
+
+def camera_pose_in_body(model: mujoco.MjModel, cam_id: int) -> np.ndarray:
+    """T_body_optical of camera `cam_id` relative to the body it is attached to (a model constant)."""
+    return pose_matrix(model.cam_quat[cam_id], model.cam_pos[cam_id]) @ _MJCAM_T_OPTICAL
 
 
 def depth_buffer_to_mm(zbuf: np.ndarray, near: float, far: float) -> np.ndarray:
