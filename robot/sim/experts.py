@@ -129,18 +129,22 @@ def _drawer_grasp(state: SceneState) -> tuple[np.ndarray, np.ndarray]:
     return grasp, x_cab
 
 
-def plan_drawer_open(state: SceneState) -> list[Waypoint]:
-    """Straddle the vertical bar with the open fingers, close on it, pull 16 cm, let go, back off."""
-    grasp, x_cab = _drawer_grasp(state)
-    pulled = _offset(grasp, along=-x_cab, dist=0.16)
+def _move_bar(grasp: np.ndarray, end: np.ndarray) -> list[Waypoint]:
+    """Down onto the drawer's bar, close on it, carry it to `end`, let go, leave straight up."""
     return [
         Waypoint(_offset(grasp, 0.1), gripper_open=True),
         Waypoint(grasp, gripper_open=True, settle=True),
         Waypoint(grasp, gripper_open=False, dwell_s=GRIPPER_DWELL_S),
-        Waypoint(pulled, gripper_open=False, settle=True),
-        Waypoint(pulled, gripper_open=True, dwell_s=0.8),
-        Waypoint(_offset(pulled, 0.1), gripper_open=True),
+        Waypoint(end, gripper_open=False, settle=True),
+        Waypoint(end, gripper_open=True, dwell_s=0.8),
+        Waypoint(_offset(end, 0.1), gripper_open=True),
     ]
+
+
+def plan_drawer_open(state: SceneState) -> list[Waypoint]:
+    """Straddle the vertical bar with the open fingers, close on it, pull 16 cm, let go, back off."""
+    grasp, x_cab = _drawer_grasp(state)
+    return _move_bar(grasp, _offset(grasp, along=-x_cab, dist=0.16))
 
 
 def plan_drawer_close(state: SceneState) -> list[Waypoint]:
@@ -152,15 +156,7 @@ def plan_drawer_close(state: SceneState) -> list[Waypoint]:
     """
     assert state.drawer_opening is not None
     grasp, x_cab = _drawer_grasp(state)
-    pushed = _offset(grasp, along=x_cab, dist=state.drawer_opening)
-    return [
-        Waypoint(_offset(grasp, 0.1), gripper_open=True),
-        Waypoint(grasp, gripper_open=True, settle=True),
-        Waypoint(grasp, gripper_open=False, dwell_s=GRIPPER_DWELL_S),
-        Waypoint(pushed, gripper_open=False, settle=True),
-        Waypoint(pushed, gripper_open=True, dwell_s=0.8),
-        Waypoint(_offset(pushed, 0.1), gripper_open=True),
-    ]
+    return _move_bar(grasp, _offset(grasp, along=x_cab, dist=state.drawer_opening))
 
 
 def plan_task(task: TaskSpec, state: SceneState) -> list[Waypoint]:
