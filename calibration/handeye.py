@@ -1,6 +1,6 @@
-"""Hand-eye calibration: AX = XB solved by every classic method, with the quality gates of issue 5 §5.
+"""Hand-eye calibration: AX = XB by OpenCV's five solvers, our quality gates and a reprojection refinement on top.
 
-Conventions (shared/CONVENTIONS.md): `T_a_b` maps points of frame b into frame a; camera frames are OpenCV
+Conventions (docs/conventions.md): `T_a_b` maps points of frame b into frame a; camera frames are OpenCV
 optical frames. Two setups:
 
 - ``eye_in_hand`` (wrist camera, board fixed in the world): solves ``T_ee_cam`` from pairs
@@ -8,10 +8,10 @@ optical frames. Two setups:
 - ``eye_to_base`` (static camera, board held by the hand): solves ``T_base_cam`` from the same pairs
   (the board is then fixed in ``ee``).
 
-The OpenCV 5 wheel in this environment exposes the ``CALIB_HAND_EYE_*`` constants but no
-``calibrateHandEye`` binding, so the five OpenCV methods (Tsai, Park, Horaud, Andreff, Daniilidis) are
-implemented here in NumPy following the same papers and the same input/output convention as
-``cv2.calibrateHandEye``; when a build does expose it, `opencv_handeye` is used for a cross-check.
+The closed-form solutions are ``cv2.calibrateHandEye`` (Tsai, Park, Horaud, Andreff, Daniilidis). What this
+module adds is what OpenCV leaves to the caller: refusing pose sets that cannot determine X (too few poses,
+too little rotation, parallel axes), scoring every method on held-out poses by corner reprojection, and a joint
+Levenberg-Marquardt refinement of X and the fixed board pose, seeded by the best closed form.
 """
 
 from __future__ import annotations
@@ -60,18 +60,6 @@ def inv_T(T: np.ndarray) -> np.ndarray:
     return make_T(R.T, -R.T @ t)
 
 
-def skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-
-
-def project_to_so3(M: np.ndarray) -> np.ndarray:
-    U, _, Vt = np.linalg.svd(M)
-    R = U @ Vt
-    if np.linalg.det(R) < 0:
-        R = U @ np.diag([1, 1, -1]) @ Vt
-    return R
-
-
 def pose_error(T_est: np.ndarray, T_true: np.ndarray) -> tuple[float, float]:
     """(translation error in metres, rotation error in degrees)."""
     dt = float(np.linalg.norm(T_est[:3, 3] - T_true[:3, 3]))
@@ -80,178 +68,29 @@ def pose_error(T_est: np.ndarray, T_true: np.ndarray) -> tuple[float, float]:
     return dt, ang
 
 
-def _quat_wxyz(R: np.ndarray) -> np.ndarray:
-    x, y, z, w = Rotation.from_matrix(R).as_quat()
-    q = np.array([w, x, y, z])
-    return q if w >= 0 else -q
-
-
-def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    w1, x1, y1, z1 = a
-    w2, x2, y2, z2 = b
-    return np.array([
-        w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
-        w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
-        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
-        w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
-    ])
-
-
-def _qL(q: np.ndarray) -> np.ndarray:  # q * p = L(q) p
-    w, x, y, z = q
-    return np.array([[w, -x, -y, -z], [x, w, -z, y], [y, z, w, -x], [z, -y, x, w]])
-
-
-def _qR(q: np.ndarray) -> np.ndarray:  # p * q = R(q) p
-    w, x, y, z = q
-    return np.array([[w, -x, -y, -z], [x, w, z, -y], [y, -z, w, x], [z, y, -x, w]])
-
-
 # ---------------------------------------------------------------------------------------------- AX = XB
 
-
-def relative_motions(
-    T_base_gripper: Sequence[np.ndarray], T_cam_target: Sequence[np.ndarray]
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """A_i, B_i with A_i X = X B_i, X = T_gripper_cam (consecutive pairs plus a wrap-around for conditioning)."""
-    n = len(T_base_gripper)
-    pairs = [(i, i + 1) for i in range(n - 1)] + [(i, i + 2) for i in range(n - 2)]
-    A, B = [], []
-    for i, j in pairs:
-        A.append(inv_T(T_base_gripper[j]) @ T_base_gripper[i])
-        B.append(T_cam_target[j] @ inv_T(T_cam_target[i]))
-    return A, B
+# OpenCV's solvers, by our method names. Each takes the same inputs and returns the same X.
+_CV_METHODS = {
+    "tsai": cv2.CALIB_HAND_EYE_TSAI,
+    "park": cv2.CALIB_HAND_EYE_PARK,
+    "horaud": cv2.CALIB_HAND_EYE_HORAUD,
+    "andreff": cv2.CALIB_HAND_EYE_ANDREFF,
+    "daniilidis": cv2.CALIB_HAND_EYE_DANIILIDIS,
+}
 
 
-def _solve_translation(A: list[np.ndarray], B: list[np.ndarray], R_X: np.ndarray) -> np.ndarray:
-    # (R_A - I) t_X = R_X t_B - t_A
-    M = np.vstack([a[:3, :3] - np.eye(3) for a in A])
-    y = np.concatenate([R_X @ b[:3, 3] - a[:3, 3] for a, b in zip(A, B, strict=True)])
-    return np.linalg.lstsq(M, y, rcond=None)[0]
+def solve_hand_eye(T_base_gripper: Sequence[np.ndarray], T_cam_target: Sequence[np.ndarray], method: str) -> np.ndarray:
+    """X = T_gripper_cam from absolute poses, by `cv2.calibrateHandEye`.
 
-
-def _rot_tsai(A, B) -> np.ndarray:
-    def mrp(R):  # modified Rodrigues: 2 sin(theta/2) * axis
-        rv = Rotation.from_matrix(R).as_rotvec()
-        th = np.linalg.norm(rv)
-        return np.zeros(3) if th < 1e-12 else 2 * np.sin(th / 2) * rv / th
-
-    M, y = [], []
-    for a, b in zip(A, B, strict=True):
-        pg, pc = mrp(a[:3, :3]), mrp(b[:3, :3])
-        M.append(skew(pg + pc))
-        y.append(pc - pg)
-    p_ = np.linalg.lstsq(np.vstack(M), np.concatenate(y), rcond=None)[0]
-    p = 2 * p_ / np.sqrt(1 + p_ @ p_)
-    n2 = p @ p
-    return project_to_so3((1 - n2 / 2) * np.eye(3) + 0.5 * (np.outer(p, p) + np.sqrt(4 - n2) * skew(p)))
-
-
-def _rot_park(A, B) -> np.ndarray:
-    M = np.zeros((3, 3))
-    for a, b in zip(A, B, strict=True):
-        alpha = Rotation.from_matrix(a[:3, :3]).as_rotvec()
-        beta = Rotation.from_matrix(b[:3, :3]).as_rotvec()
-        M += np.outer(beta, alpha)
-    w, V = np.linalg.eigh(M.T @ M)
-    inv_sqrt = V @ np.diag(1 / np.sqrt(w)) @ V.T
-    return project_to_so3(inv_sqrt @ M.T)
-
-
-def _rot_horaud(A, B) -> np.ndarray:
-    # q_A * q_X = q_X * q_B  ->  (L(q_A) - R(q_B)) q_X = 0, least squares over unit quaternions
-    M = np.zeros((4, 4))
-    for a, b in zip(A, B, strict=True):
-        C = _qL(_quat_wxyz(a[:3, :3])) - _qR(_quat_wxyz(b[:3, :3]))
-        M += C.T @ C
-    _, V = np.linalg.eigh(M)
-    w, x, y, z = V[:, 0]
-    return Rotation.from_quat([x, y, z, w]).as_matrix()
-
-
-def _andreff(A, B) -> tuple[np.ndarray, np.ndarray]:
-    # Linear formulation: (I9 - R_A (x) R_B) vec(R_X) = 0 and (I3 (x) t_B^T) vec(R_X) + (I3 - R_A) t_X = t_A
-    # (row-major vec). Solved jointly in 12 unknowns, then R_X re-orthonormalised and t_X re-solved.
-    rows, rhs = [], []
-    for a, b in zip(A, B, strict=True):
-        Ra, ta, Rb, tb = a[:3, :3], a[:3, 3], b[:3, :3], b[:3, 3]
-        rows.append(np.hstack([np.eye(9) - np.kron(Ra, Rb), np.zeros((9, 3))]))
-        rhs.append(np.zeros(9))
-        rows.append(np.hstack([np.kron(np.eye(3), tb.reshape(1, 3)), np.eye(3) - Ra]))
-        rhs.append(ta)
-    M, y = np.vstack(rows), np.concatenate(rhs)
-    # homogeneous rotation part: null space of the rotation rows; fix scale with det = 1
-    Mr = np.vstack([r[:9, :9] for r in rows[0::2]])
-    _, _, Vt = np.linalg.svd(Mr)
-    Rv = Vt[-1].reshape(3, 3)
-    d = np.linalg.det(Rv)
-    Rv = Rv * np.sign(d) / abs(d) ** (1 / 3)
-    R = project_to_so3(Rv)
-    t = np.linalg.lstsq(M[:, 9:], y - M[:, :9] @ R.reshape(9), rcond=None)[0]
-    return R, t
-
-
-def _daniilidis(A, B) -> tuple[np.ndarray, np.ndarray]:
-    def dq(T):
-        q = _quat_wxyz(T[:3, :3])
-        qd = 0.5 * _qmul(np.r_[0.0, T[:3, 3]], q)
-        return q, qd
-
-    S = []
-    for a, b in zip(A, B, strict=True):
-        qa, qad = dq(a)
-        qb, qbd = dq(b)
-        av, adv, bv, bdv = qa[1:], qad[1:], qb[1:], qbd[1:]
-        top = np.hstack([(av - bv).reshape(3, 1), skew(av + bv), np.zeros((3, 4))])
-        bot = np.hstack([(adv - bdv).reshape(3, 1), skew(adv + bdv), (av - bv).reshape(3, 1), skew(av + bv)])
-        S.append(np.vstack([top, bot]))
-    _, _, Vt = np.linalg.svd(np.vstack(S))
-    v7, v8 = Vt[-2], Vt[-1]
-    u1, w1, u2, w2 = v7[:4], v7[4:], v8[:4], v8[4:]
-    a_, b_, c_ = u1 @ w1, u1 @ w2 + u2 @ w1, u2 @ w2
-    if abs(a_) < 1e-12:
-        ss = [-c_ / b_]
-    else:
-        disc = max(b_ * b_ - 4 * a_ * c_, 0.0)
-        ss = [(-b_ + np.sqrt(disc)) / (2 * a_), (-b_ - np.sqrt(disc)) / (2 * a_)]
-    best = None
-    for s in ss:
-        val = s * s * (u1 @ u1) + 2 * s * (u1 @ u2) + u2 @ u2
-        if best is None or val > best[0]:
-            best = (val, s)
-    val, s = best
-    l2 = np.sqrt(1 / val)
-    l1 = s * l2
-    q = l1 * u1 + l2 * u2
-    qd = l1 * w1 + l2 * w2
-    t = 2 * _qmul(qd, q * np.array([1, -1, -1, -1]))[1:]
-    w, x, y, z = q
-    return Rotation.from_quat([x, y, z, w]).as_matrix(), t
-
-
-def solve_ax_xb(A: list[np.ndarray], B: list[np.ndarray], method: str) -> np.ndarray:
-    if method == "tsai":
-        R = _rot_tsai(A, B)
-    elif method == "park":
-        R = _rot_park(A, B)
-    elif method == "horaud":
-        R = _rot_horaud(A, B)
-    elif method == "andreff":
-        return make_T(*_andreff(A, B))
-    elif method == "daniilidis":
-        return make_T(*_daniilidis(A, B))
-    else:
+    Eye-in-hand passes (T_base_ee, T_cam_board) and gets T_ee_cam. Eye-to-base passes the inverted robot poses
+    (T_ee_base) and gets T_base_cam: OpenCV documents this substitution for a camera fixed in the world."""
+    if method not in _CV_METHODS:
         raise ValueError(f"unknown hand-eye method {method!r}; choose from {METHODS}")
-    return make_T(R, _solve_translation(A, B, R))
-
-
-def opencv_handeye() -> object | None:
-    """`calibrateHandEye` where this OpenCV build exposes it (cv2 or a cv2.calib submodule), else None."""
-    for mod in (cv2, getattr(cv2, "calib", None), getattr(cv2, "calib3d", None)):
-        fn = getattr(mod, "calibrateHandEye", None) if mod is not None else None
-        if fn is not None:
-            return fn
-    return None
+    R, t = cv2.calibrateHandEye(
+        [T[:3, :3] for T in T_base_gripper], [T[:3, 3] for T in T_base_gripper],
+        [T[:3, :3] for T in T_cam_target], [T[:3, 3] for T in T_cam_target], method=_CV_METHODS[method])
+    return make_T(R, t)
 
 
 # ---------------------------------------------------------------------------------------------- gates
@@ -405,10 +244,9 @@ def calibrate(
         hold, train = [], obs
     G, C = _gripper_and_target(train, mode)
     check_motions([o.T_base_ee for o in train])
-    A, B = relative_motions(G, C)
     results: dict[str, MethodResult] = {}
     for m in methods:
-        X = solve_ax_xb(A, B, m)
+        X = solve_hand_eye(G, C, m)
         if not np.all(np.isfinite(X)):
             continue
         T_fixed, c_mm, c_deg = _fixed_board(train, X, mode)
