@@ -163,8 +163,8 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if len(self.cameras) != 2:
-            raise ValueError(f"DreamVLA takes exactly two views, got cameras={self.cameras}")
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras must name at least one view, each once; got {self.cameras}")
         if math.isqrt(self.dream_queries_per_view) ** 2 != self.dream_queries_per_view:
             raise ValueError("dream_queries_per_view must be a square (the decoders lay them on a grid)")
         if len(set(self.dream)) != len(self.dream):
@@ -186,14 +186,23 @@ class ModelConfig(Strict):
         return tuple(m for m in DREAM_ORDER if m in self.dream)
 
     @property
+    def views(self) -> int:
+        return len(self.cameras)
+
+    @property
     def context_tokens(self) -> int:
-        """A block per timestep: text, state, Q latents per view, one CLS per view."""
-        return 2 + 2 * self.resampler.num_queries + 2
+        """C per timestep: text, state, the resampler's latents per view, one CLS per view."""
+        return 2 + self.views * (self.resampler.num_queries + 1)
+
+    @property
+    def dream_group_tokens(self) -> int:
+        """One modality's <dream> group: `dream_queries_per_view` for each view."""
+        return self.views * self.dream_queries_per_view
 
     @property
     def query_tokens(self) -> int:
-        """B block per timestep: the <dream> groups then the <action> queries."""
-        return 2 * self.dream_queries_per_view * len(self.dream) + self.action.chunk
+        """U per timestep: the <dream> groups then the <action> queries."""
+        return self.dream_group_tokens * len(self.dream) + self.action.chunk
 
     @property
     def tokens_per_step(self) -> int:

@@ -1,9 +1,20 @@
 """DreamVLA, top to bottom: tokenize each frame, lay out a window, run the backbone, read the heads.
 
-Per timestep the backbone sees T = A + B tokens (see config.ModelConfig):
-    A (context)  text (1) | state (1) | static latents (Q) | wrist latents (Q) | static CLS | wrist CLS
-    B (queries)  <dream> groups, 2*K each, in DREAM_ORDER | <action> (3)
-A frame's A tokens do not depend on where the frame sits in the window (the per-timestep
+Shape letters (each has one meaning in this file):
+    N  samples in a flat batch (in training, batch x timesteps flattened)
+    B  batch: windows in a forward pass
+    S  timesteps of a full window (cfg.sequence_length); W <= S frames present (an episode's start)
+    V  camera views (len(cfg.cameras)), in cfg.cameras order; the first is the primary view
+    R  image side in pixels; P patches per image; Dv vision width; H backbone width
+    L  resampler latents per view (cfg.resampler.num_queries)
+    G  <dream> queries per view per modality (cfg.dream_queries_per_view)
+    K  action chunk length (cfg.action.chunk, 3); 7 the action dimension
+    C  context tokens per timestep; U query tokens per timestep; T = C + U
+
+Per timestep the backbone sees T tokens (see config.ModelConfig):
+    C (context)  text (1) | state (1) | latents (L) per view | one CLS per view
+    U (queries)  <dream> groups, V*G each, in DREAM_ORDER | <action> (K)
+A frame's context tokens do not depend on where the frame sits in the window (the per-timestep
 embedding is added afterwards), which is what makes the serving engine's history cache exact.
 """
 
@@ -34,7 +45,7 @@ from policy_server.model.vision import PerceiverResampler, VisionEncoder, load_m
 
 @dataclass
 class TrainBatch:
-    """One training window. B batch, S timesteps, R image size, K chunk; targets are the frame t+3.
+    """One training window; targets are the frame t+3 (shape letters in the module docstring).
 
     images/future_images: {camera: (B, S, 3, R, R)} preprocessed; state (B, S, 7); actions (B, S, K, 7).
     Teacher targets are optional per modality; a modality without targets contributes no loss.
@@ -45,7 +56,7 @@ class TrainBatch:
     state: torch.Tensor
     actions: torch.Tensor
     future_images: dict[str, torch.Tensor] | None = None
-    tracks: dict[str, torch.Tensor] | None = None  # (B, S, 4*g*g, 2) point displacements, pixels
+    tracks: dict[str, torch.Tensor] | None = None  # (B, S, (2*grid)**2, 2) point displacements, pixels
     future_depth: dict[str, torch.Tensor] | None = None  # (B, S, 1, R, R) metres
     future_sam: dict[str, torch.Tensor] | None = None  # (B, S, N, C)
     future_dino: dict[str, torch.Tensor] | None = None  # (B, S, N, C)
@@ -69,8 +80,8 @@ class DreamVLA(nn.Module):
         self.patch_projectors = nn.ModuleDict({c: nn.Linear(dv, h) for c in cfg.cameras})
         self.cls_projectors = nn.ModuleDict({c: nn.Linear(dv, h) for c in cfg.cameras})
         # ---- learnable queries (zero-initialised, shared by every timestep) and the time embedding
-        per_modality = 2 * cfg.dream_queries_per_view
-        self.dream_queries = nn.ParameterDict({m: nn.Parameter(torch.zeros(per_modality, h)) for m in cfg.dream_order})
+        group = cfg.dream_group_tokens  # V*G
+        self.dream_queries = nn.ParameterDict({m: nn.Parameter(torch.zeros(group, h)) for m in cfg.dream_order})
         self.action_queries = nn.Parameter(torch.zeros(cfg.action.chunk, h))
         self.time_embedding = nn.Parameter(torch.randn(cfg.sequence_length, h) * 0.02)
         self.embedding_layer_norm = nn.LayerNorm(h)
@@ -80,7 +91,7 @@ class DreamVLA(nn.Module):
             load_gpt2_weights(self.backbone, cfg.backbone.pretrained)
         self.action_head = ActionHead(h, cfg.action.chunk, cfg.action.dim, cfg.action_head)
         self.decoders = build_decoders(cfg) if with_decoders else None
-        layout = step_layout(cfg.context_tokens, [(m, per_modality) for m in cfg.dream_order], cfg.action.chunk)
+        layout = step_layout(cfg.context_tokens, [(m, group) for m in cfg.dream_order], cfg.action.chunk)
         self.register_buffer("attention_mask", build_attention_mask(cfg.sequence_length, layout, cfg.attention),
                              persistent=False)  # (S*T, S*T) bool
         if cfg.vision.frozen:
@@ -103,45 +114,44 @@ class DreamVLA(nn.Module):
         return self.state_projector(torch.cat([arm, grip], dim=-1))
 
     def encode_frame(self, state: torch.Tensor, images: dict[str, torch.Tensor]) -> torch.Tensor:
-        """state (N, 7), images {camera: (N, 3, R, R)} -> the frame's A tokens minus text: (N, A-1, H)."""
-        cams = self.cfg.cameras
-        pixels = torch.cat([images[c] for c in cams])  # (2N, 3, R, R): both views in one encoder pass
+        """state (N, 7), images {camera: (N, 3, R, R)} -> the frame's context tokens minus text: (N, C-1, H)."""
+        cams, v = self.cfg.cameras, self.cfg.views
+        pixels = torch.cat([images[c] for c in cams])  # (V*N, 3, R, R): every view in one encoder pass
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.vision.frozen):
-            cls, patches = self.vision_encoder(pixels)  # (2N, Dv), (2N, P, Dv)
-        latents = self.perceiver_resampler(patches).chunk(2)  # 2 x (N, Q, Dv)
-        clss = cls.chunk(2)
-        image_tokens = [self.patch_projectors[c](lat) for c, lat in zip(cams, latents, strict=True)]  # 2 x (N, Q, H)
-        cls_tokens = [self.cls_projectors[c](x)[:, None] for c, x in zip(cams, clss, strict=True)]  # 2 x (N, 1, H)
+            cls, patches = self.vision_encoder(pixels)  # (V*N, Dv), (V*N, P, Dv)
+        latents = self.perceiver_resampler(patches).chunk(v)  # V x (N, L, Dv)
+        clss = cls.chunk(v)  # V x (N, Dv)
+        image_tokens = [self.patch_projectors[c](lat) for c, lat in zip(cams, latents, strict=True)]  # V x (N, L, H)
+        cls_tokens = [self.cls_projectors[c](x)[:, None] for c, x in zip(cams, clss, strict=True)]  # V x (N, 1, H)
         return torch.cat([self.encode_state(state)[:, None], *image_tokens, *cls_tokens], dim=1)
 
     # ------------------------------------------------------------------------------- backbone
 
     def run_backbone(self, text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """text (B, H), frames (B, k, A-1, H), k <= S -> hidden states (B, k, T, H).
+        """text (B, H), frames (B, W, C-1, H), W <= S -> hidden states (B, W, T, H).
 
         Fewer than S frames is the start of an episode: under the block-causal mask this equals the
-        released code's repeat-padding read at index k-1, without computing the padding.
+        released code's repeat-padding read at index W-1, without computing the padding.
         """
-        b, k, _, h = frames.shape
-        if k > self.cfg.sequence_length:
-            raise ValueError(f"window of {k} frames exceeds sequence_length {self.cfg.sequence_length}")
+        b, w, _, h = frames.shape
+        if w > self.cfg.sequence_length:
+            raise ValueError(f"window of {w} frames exceeds sequence_length {self.cfg.sequence_length}")
         dreams = [self.dream_queries[m] for m in self.cfg.dream_order]  # ParameterDict sorts its keys
-        queries = torch.cat([*dreams, self.action_queries])  # (T_B, H)
+        queries = torch.cat([*dreams, self.action_queries])  # (U, H)
         x = torch.cat([
-            text[:, None, None].expand(b, k, 1, h),
+            text[:, None, None].expand(b, w, 1, h),
             frames,
-            queries[None, None].expand(b, k, -1, -1).to(frames.dtype),
-        ], dim=2)  # (B, k, T, H)
-        x = self.embedding_layer_norm(x + self.time_embedding[:k, None])
+            queries[None, None].expand(b, w, -1, -1).to(frames.dtype),
+        ], dim=2)  # (B, W, T, H)
+        x = self.embedding_layer_norm(x + self.time_embedding[:w, None])
         t = x.shape[2]
-        y = self.backbone(x.reshape(b, k * t, h), self.attention_mask[: k * t, : k * t])
-        return y.view(b, k, t, h)
+        y = self.backbone(x.reshape(b, w * t, h), self.attention_mask[: w * t, : w * t])
+        return y.view(b, w, t, h)
 
     def query_outputs(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Split the B part of (B, k, T, H) into {modality: (B, k, 2K, H)} and 'action': (B, k, 3, H)."""
-        start, out = self.cfg.context_tokens, {}
+        """Split the U part of (B, W, T, H) into {modality: (B, W, V*G, H)} and 'action': (B, W, K, H)."""
+        start, out, n = self.cfg.context_tokens, {}, self.cfg.dream_group_tokens
         for m in self.cfg.dream_order:
-            n = 2 * self.cfg.dream_queries_per_view
             out[m] = hidden[:, :, start : start + n]
             start += n
         out["action"] = hidden[:, :, start:]
@@ -152,8 +162,8 @@ class DreamVLA(nn.Module):
     @torch.no_grad()
     def predict(self, text: torch.Tensor, frames: torch.Tensor, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """text (B, H), frames (B, k, A-1, H) -> chunk (B, 3, 7) for the newest frame, in model units."""
-        cond = self.query_outputs(self.run_backbone(text, frames))["action"][:, -1]  # (B, 3, H)
+        """text (B, H), frames (B, W, C-1, H) -> chunk (B, K, 7) for the newest frame, in model units."""
+        cond = self.query_outputs(self.run_backbone(text, frames))["action"][:, -1]  # (B, K, H)
         return self.action_head.sample(cond.float(), noise=noise, generator=generator)
 
     # ------------------------------------------------------------------------------- training
@@ -163,7 +173,7 @@ class DreamVLA(nn.Module):
         cfg = self.cfg
         b, s = batch.state.shape[:2]
         flat = {c: batch.images[c].flatten(0, 1) for c in cfg.cameras}
-        frames = self.encode_frame(batch.state.flatten(0, 1), flat).unflatten(0, (b, s))  # (B, S, A-1, H)
+        frames = self.encode_frame(batch.state.flatten(0, 1), flat).unflatten(0, (b, s))  # (B, S, C-1, H)
         outputs = self.query_outputs(self.run_backbone(self.encode_text(batch.text_ids), frames))
         losses = {"action": self.action_head.loss(outputs["action"].flatten(0, 1), batch.actions.flatten(0, 1))}
         if self.decoders is not None:
@@ -174,7 +184,7 @@ class DreamVLA(nn.Module):
         return losses
 
     def _knowledge_losses(self, outputs: dict[str, torch.Tensor], batch: TrainBatch) -> dict[str, torch.Tensor]:
-        cfg, k, p = self.cfg, self.cfg.dream_queries_per_view, self.cfg.vision.patch_size
+        cfg, g, p = self.cfg, self.cfg.dream_queries_per_view, self.cfg.vision.patch_size
         targets = {"dynamic": batch.future_images, "depth": batch.future_depth, "sam": batch.future_sam,
                    "dino": batch.future_dino}
         losses = {}
@@ -183,7 +193,7 @@ class DreamVLA(nn.Module):
                 continue
             per_view = []
             for i, cam in enumerate(cfg.cameras):
-                pred = self.decoders[m](outputs[m][:, :, i * k : (i + 1) * k].flatten(0, 1))  # (B*S, N, out)
+                pred = self.decoders[m](outputs[m][:, :, i * g : (i + 1) * g].flatten(0, 1))  # (B*S, targets, out)
                 target = targets[m][cam].flatten(0, 1)
                 if m == "dynamic":
                     mask = None
@@ -195,5 +205,5 @@ class DreamVLA(nn.Module):
                     per_view.append(depth_loss(unpatchify(F.relu(pred), p, 1), target, cfg.loss))
                 else:
                     per_view.append(semantic_loss(pred, target, cfg.loss))
-            losses[m] = 0.5 * (per_view[0] + per_view[1])
+            losses[m] = torch.stack(per_view).mean()  # the views weigh equally
         return losses

@@ -29,7 +29,7 @@ def decoder_geometry(cfg: ModelConfig, modality: str) -> tuple[int, int]:
 
 
 class KnowledgeDecoder(nn.Module):
-    """(M, K, H) query outputs of one view -> (M, N, out) predictions for the N target tokens."""
+    """(M, G, H) query outputs of one view -> (M, N, out) predictions for the N target tokens."""
 
     def __init__(self, hidden: int, queries: int, targets: int, out_dim: int, cfg: DecoderConfig,
                  *, sincos: bool) -> None:
@@ -44,13 +44,13 @@ class KnowledgeDecoder(nn.Module):
         if sincos:
             pos = torch.cat([sincos_2d(hidden, math.isqrt(queries)), sincos_2d(hidden, math.isqrt(targets))])
             nn.init.normal_(self.mask_token, std=0.02)
-        self.register_buffer("position_embedding", pos.unsqueeze(0), persistent=False)  # (1, K+N, H)
+        self.register_buffer("position_embedding", pos.unsqueeze(0), persistent=False)  # (1, G+N, H)
 
     def forward(self, query_out: torch.Tensor) -> torch.Tensor:
         m = query_out.shape[0]
         n = self.position_embedding.shape[1] - self.queries
         x = torch.cat([self.obs_pred_projector(query_out), self.mask_token.expand(m, n, -1)], dim=1)
-        x = x + self.position_embedding  # (M, K+N, H)
+        x = x + self.position_embedding  # (M, G+N, H)
         for block in self.blocks:
             x = block(x)
         return self.pred(self.norm(x)[:, self.queries :])  # (M, N, out)

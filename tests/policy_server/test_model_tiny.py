@@ -178,3 +178,20 @@ def test_backbone_starts_from_a_local_gpt2(tiny_cfg, tmp_path):
     missing = cfg.model_copy(update={"backbone": b.model_copy(update={"pretrained": str(tmp_path / "none")})})
     with pytest.raises(MissingWeightsError, match="gpt2-medium"):
         DreamVLA(missing, with_decoders=False, load_pretrained=True)
+
+
+@pytest.mark.parametrize("cameras", [("static",), ("static", "wrist", "left")])
+def test_the_number_of_views_follows_the_config(tiny_cfg, batch_factory, cameras):
+    """One view or three: the token layout, the training losses and the sampled chunk all follow cfg.cameras."""
+    cfg = tiny_cfg.model_copy(update={"cameras": cameras})
+    model = _model(cfg, decoders=True)
+    v = len(cameras)
+    assert cfg.context_tokens == 2 + v * (cfg.resampler.num_queries + 1)
+    assert model.dream_queries["dynamic"].shape[0] == v * cfg.dream_queries_per_view
+    losses = model(batch_factory(cfg))
+    assert set(losses) == {"action", "dynamic", "depth", "sam", "total"} and torch.isfinite(losses["total"])
+    frames = model.encode_frame(torch.zeros(2, 7), {c: torch.zeros(2, 3, 64, 64) for c in cameras})
+    assert frames.shape == (2, cfg.context_tokens - 1, cfg.backbone.hidden)
+    text = model.encode_text(build_tokenizer(cfg.text, None)(["pick up the bottle"] * 2))
+    chunk = model.predict(text, frames[:, None])
+    assert chunk.shape == (2, cfg.action.chunk, cfg.action.dim)
