@@ -5,7 +5,9 @@ The real `Runner` drives the franky-sim arm (the module's `cell`/`devices` fixtu
 `RemotePolicy` client talking ZeroMQ to the real `PolicyServer` of `dv-serve`. The server's backend is scripted
 (`ScriptedBackend`: a gentle fixed chunk, a model exception on chosen calls), and latency comes from a loopback
 `DelayProxy` between client and server, so the client's own deadline, Lazy Pirate reconnect and error mapping all
-run as on a rig. Numbers the tests measure are printed with `-s`.
+run as on a rig. The cameras are synthetic and always fresh (camera faults are the O rows, and the sim's renderer
+falls behind on a loaded machine), so every HOLD here comes from the policy path. Numbers the tests measure are
+printed with `-s`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import zmq
 from arm_probes import SMALL_CAMERA, Sampler
 from delay_proxy import DelayProxy
 from serve_process import serving
-from test_runner import make_runner, run_in_thread
+from test_runner import LaggingCamera, make_runner, run_in_thread
 
 from policy_server.echo import EchoBackend, echo_contract
 from policy_server.protocol import Observation as WireObservation
@@ -94,6 +96,11 @@ class LatchSpy:
         return getattr(self.gripper, name)
 
 
+def fresh_cameras() -> dict[str, LaggingCamera]:
+    """Cameras whose newest frame is always brand new, at the resolution the robot declares."""
+    return {name: LaggingCamera(0.0) for name in SIZES}
+
+
 def _port(server: PolicyServer) -> int:
     return int(server.endpoint.rsplit(":", 1)[1])
 
@@ -115,7 +122,7 @@ def test_50ms_added_latency_is_normal_operation(devices, cell):
     every reply arrives before the 200 ms deadline (≥ 99 % on time), no HOLD, no abort, no timeout, and every chunk
     moves the arm; the added latency shows in the measured round trips and in the run's latency histogram."""
     with remote_policy(ScriptedBackend(), up_s=0.025, down_s=0.025, jitter_s=0.010) as (policy, proxy):
-        runner, spy = make_runner(devices, cell, policy, max_episode_s=4.0)
+        runner, spy = make_runner(devices, cell, policy, cameras=fresh_cameras(), max_episode_s=4.0)
         record = runner.run(1).episodes[0]
         runner.close()
     rtt_ms = np.array([(returned - sent) / 1e6 for sent, returned, _ in policy.calls])
@@ -146,7 +153,8 @@ def test_sustained_300ms_delay_aborts_after_three_misses(devices, cell):
     exception leaves `run`."""
     gripper = LatchSpy(devices[1])
     with remote_policy(ScriptedBackend()) as (policy, proxy):
-        runner, spy = make_runner((devices[0], gripper), cell, policy, mode="receding", max_episode_s=8.0)
+        runner, spy = make_runner((devices[0], gripper), cell, policy, cameras=fresh_cameras(), mode="receding",
+                                  max_episode_s=8.0)
         with Sampler(devices[0]) as sampler:
             thread, out = run_in_thread(runner)
             deadline = time.monotonic() + 10
@@ -190,7 +198,7 @@ def test_one_error_reply_is_a_hold_and_the_next_chunk_resumes(devices, cell, cap
     The gripper is left alone (a HOLD is not a SAFE-HOLD) and nothing escapes `run`."""
     caplog.set_level(logging.WARNING, logger="robot.safety")
     with remote_policy(ScriptedBackend(fail_calls=[6])) as (policy, _):
-        runner, spy = make_runner(devices, cell, policy, max_episode_s=2.5)
+        runner, spy = make_runner(devices, cell, policy, cameras=fresh_cameras(), max_episode_s=2.5)
         record = runner.run(1).episodes[0]
         runner.close()
     [(_, error_ns, failure)] = policy.failures()
@@ -215,7 +223,7 @@ def test_three_error_replies_in_a_row_abort_and_the_next_episode_runs(devices, c
     stopped for the operator, and the next episode, with the server answering again, runs normally."""
     gripper = LatchSpy(devices[1])
     with remote_policy(ScriptedBackend(fail_calls=[4, 5, 6])) as (policy, _):
-        runner, spy = make_runner((devices[0], gripper), cell, policy, max_episode_s=2.0)
+        runner, spy = make_runner((devices[0], gripper), cell, policy, cameras=fresh_cameras(), max_episode_s=2.0)
         summary = runner.run(2)
         runner.close()
     first_error = min(returned for _, returned, _ in policy.failures())
@@ -254,7 +262,7 @@ def test_a_text_traceback_instead_of_a_reply_ends_the_episode_before_anything_mo
     thread.start()
     try:
         policy = RemotePolicy(f"tcp://127.0.0.1:{port}", robot_contract(SIZES, RATE_HZ, CHUNK), deadline_s=DEADLINE_S)
-        runner, spy = make_runner(devices, cell, policy)
+        runner, spy = make_runner(devices, cell, policy, cameras=fresh_cameras())
         summary = runner.run(1)
         runner.close()
     finally:
