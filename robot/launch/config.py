@@ -40,7 +40,7 @@ from robot.sim.tasks import TASKS
 
 DEFAULT_LAUNCH_FILE = Path(__file__).resolve().parents[2] / "launch" / "sim.yaml"
 CAMERA_ROLES = ("static", "wrist")
-QUATERNION_NORM_TOL = 1e-3  # safety_reliability.md §6 A2: |‖q‖ − 1| < 1e-3
+QUATERNION_NORM_TOL = 1e-3  # docs/safety.md, A2: |‖q‖ − 1| < 1e-3
 
 Vec3 = tuple[float, float, float]
 Quat = tuple[float, float, float, float]
@@ -84,7 +84,7 @@ class RobotSection(_Section):
 
 
 class CalibratedPose(_Section):
-    """A calibrated rigid transform T_a_b (CONVENTIONS.md); all fields stay empty until calibration writes them."""
+    """A calibrated rigid transform T_a_b (docs/conventions.md); all fields stay empty until calibration writes them."""
 
     xyz: Vec3 | None = Field(None, description="Translation in metres.")
     quat_xyzw: Quat | None = Field(None, description="Rotation as a unit quaternion (x, y, z, w).")
@@ -92,6 +92,8 @@ class CalibratedPose(_Section):
     hash: str = Field("", description="Hash of the calibration data that produced it.")
     method: str = Field("", description="Hand-eye method that won on held-out poses (e.g. 'refined').")
     reprojection_px: float | None = Field(None, ge=0, description="Held-out RMS reprojection error in pixels.")
+    overrides: list[str] = Field(default_factory=list, description="Safety overrides in force while it was measured "
+                                 "(e.g. a real robot moving without e-stop); empty normally.")
 
     @field_validator("quat_xyzw")
     @classmethod
@@ -156,6 +158,12 @@ class ServerSection(_Section):
                                "weights, when it does not exist yet.")
     device: Literal["cpu", "cuda"] | None = Field(None, description="Default: cuda when available.")
     ready_timeout_s: float = Field(180.0, gt=0, description="Longest wait for the server's READY line.")
+    auth_key_file: Path | None = Field(None, description="The server's shared key: a file whose bytes, stripped of "
+                                       "surrounding whitespace, are the key (dv-serve --auth-key-file). Needed for a "
+                                       "server that is not on loopback; a server dv-launch starts gets it too.")
+    allow_unauthenticated_remote: bool = Field(False, description="Override: reach a server that is not on loopback "
+                                               "without a key (anyone on that network can read and answer the "
+                                               "robot's requests). Printed in red at every run and recorded.")
 
     @model_validator(mode="after")
     def _startable(self) -> Self:
@@ -165,7 +173,51 @@ class ServerSection(_Section):
             raise PydanticCustomError(
                 "server_not_loopback", f"dv-launch starts dv-serve on loopback only, not {self.address} (start a "
                 "remote server yourself and set start: false)")
+        if not is_loopback(self.address) and self.auth_key_file is None and not self.allow_unauthenticated_remote:
+            raise PydanticCustomError(
+                "server_unauthenticated", f"address {self.address} is not loopback: set auth_key_file (the server's "
+                "key), or allow_unauthenticated_remote: true to talk to it without one")
         return self
+
+    @field_validator("auth_key_file")
+    @classmethod
+    def _readable_key(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_key(path)
+        return path
+
+    def key(self) -> bytes | None:
+        """The key `auth_key_file` holds (None without one)."""
+        return None if self.auth_key_file is None else read_key(self.auth_key_file)
+
+    @property
+    def unauthenticated_remote(self) -> bool:
+        """The override is in force: a server off loopback, reached without a key."""
+        return self.allow_unauthenticated_remote and self.auth_key_file is None and not is_loopback(self.address)
+
+
+def read_key(path: Path) -> bytes:
+    """A key file's bytes stripped of surrounding whitespace (as dv-serve reads it); ValueError naming the file if
+    it cannot be read or is empty."""
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
+    if not key:
+        raise ValueError(f"key file {path} is empty")
+    return key
+
+
+def override_notes(without_estop: bool, unauthenticated_server: str | None) -> list[str]:
+    """The safety overrides in force, one sentence each: every run prints them in red at its start and end and
+    records them in its summary."""
+    notes = []
+    if without_estop:
+        notes.append("OVERRIDE estop.allow_real_robot_without_estop: the real robot moves with no software e-stop")
+    if unauthenticated_server is not None:
+        notes.append(f"OVERRIDE allow_unauthenticated_remote: the policy server at {unauthenticated_server} is "
+                     "reached over the network without a key")
+    return notes
 
 
 class EStopSection(_Section):
@@ -175,6 +227,10 @@ class EStopSection(_Section):
     endpoint: str = Field(HEARTBEAT_ENDPOINT, description="Heartbeat endpoint the runner binds.")
     status_endpoint: str = Field(STATUS_ENDPOINT, description="Status endpoint the runner binds.")
     timeout_s: float = Field(HEARTBEAT_TIMEOUT_S, gt=0, le=1.0, description="Heartbeat silence that latches a stop.")
+    allow_real_robot_without_estop: bool = Field(
+        False, description="Override: let a real robot (robot.kind: real) run with `required: false`, i.e. move with "
+        "no software e-stop at all. Refused at load without it; printed in red at every run and recorded in its "
+        "summary.")
 
 
 class ProcessSection(_Section):
@@ -229,9 +285,32 @@ class LaunchConfig(_Section):
             raise PydanticCustomError("duplicate_task", f"a task is listed twice: {tasks}")
         return tasks
 
+    @field_validator("estop")
+    @classmethod
+    def _estop_on_a_real_robot(cls, estop: EStopSection, info: ValidationInfo) -> EStopSection:
+        """A real arm moves only under a software e-stop unless the file says, in so many words, that it may not."""
+        robot = info.data.get("robot")
+        if robot is not None and robot.kind == "real" and estop.required is False \
+                and not estop.allow_real_robot_without_estop:
+            raise PydanticCustomError(
+                "real_robot_without_estop", "required: false on a real robot (robot.kind: real) leaves the arm with "
+                "no software e-stop; remove it (a real robot requires the dv-estop console), or set "
+                "allow_real_robot_without_estop: true to run without one on purpose")
+        return estop
+
     @property
     def estop_required(self) -> bool:
         return self.robot.kind == "real" if self.estop.required is None else self.estop.required
+
+    @property
+    def without_estop(self) -> bool:
+        """A real robot that may move with no software e-stop (only under `estop.allow_real_robot_without_estop`)."""
+        return self.robot.kind == "real" and not self.estop_required
+
+    @property
+    def overrides(self) -> list[str]:
+        """The overrides this file puts in force (`override_notes`)."""
+        return override_notes(self.without_estop, self.server.address if self.server.unauthenticated_remote else None)
 
     def camera(self, role: str) -> CameraConfig:
         return next(c for c in self.cameras if c.name == role)

@@ -66,6 +66,7 @@ class RunSummary:
     episodes: list[EpisodeRecord]
     latency_ms: dict[str, dict[str, float]]
     stopped: str = ""  # why the run ended early ('' when every planned episode ran)
+    overrides: list[str] = field(default_factory=list)  # safety overrides in force (e.g. a real robot without e-stop)
 
     def totals(self) -> dict[str, Any]:
         interventions: Counter[str] = Counter()
@@ -78,7 +79,7 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "mode": self.mode, "policy": self.policy, "stopped": self.stopped,
-                "totals": self.totals(), "latency_ms": self.latency_ms,
+                "overrides": self.overrides, "totals": self.totals(), "latency_ms": self.latency_ms,
                 "episodes": [asdict(e) for e in self.episodes]}
 
     def write_json(self, path: Path) -> None:
