@@ -15,13 +15,17 @@
   [--age-only]`: exit 0 when the stored extrinsic is present, fresh and agrees with a re-measurement (a few
   poses through the same collector, real rig or sim); 1 with the reason otherwise.
 
-Exit codes: 0 done / ok, 1 calibration refused or check failed, 2 usage error (bad arguments or launch file).
-Written entries go only into the file's `calibration:` section (`calibration.launch_file`).
+Exit codes: 0 done / ok, 1 calibration refused or check failed, 2 usage error (bad arguments or launch file) or a
+device that is missing or failing (one line naming the camera or the arm and what to check).
+Written entries go only into the file's `calibration:` section (`calibration.launch_file`). A safety override in
+force (`estop.allow_real_robot_without_estop`) is printed in red at the start and the end, and recorded in the
+hand-eye entry it produced.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -47,13 +51,22 @@ class UsageError(Exception):
     """Bad arguments or an unusable launch file: exit 2 with the message."""
 
 
-def result_fragment(camera: str, result: HandEyeResult) -> dict[str, Any]:
-    """`{"calibration": {"T_ee_cam_wrist" | "T_base_cam_static": entry}}`, the launch file's own shape."""
+def result_fragment(camera: str, result: HandEyeResult, overrides: list[str] | None = None) -> dict[str, Any]:
+    """`{"calibration": {"T_ee_cam_wrist" | "T_base_cam_static": entry}}`, the launch file's own shape; the safety
+    overrides in force while it was measured are part of the entry."""
     from calibration.check import EXTRINSIC_KEY
 
+    extra: dict[str, Any] = {"overrides": overrides} if overrides else {}
     entry = stamped(pose_numbers(result.best.T), method=result.best.method,
-                    reprojection_px=round(result.best.reproj_px, 4))
+                    reprojection_px=round(result.best.reproj_px, 4), **extra)
     return {"calibration": {EXTRINSIC_KEY[camera]: entry}}
+
+
+def overrides(config: Any) -> list[str]:
+    """The safety overrides a calibration run is under (dv-calib never talks to a policy server)."""
+    from robot.launch.config import override_notes
+
+    return override_notes(config is not None and config.without_estop, None)
 
 
 def _load(path: str | None, sim: bool) -> Any:
@@ -107,10 +120,17 @@ def _measure(args: argparse.Namespace, config: Any) -> tuple[HandEyeResult, Any,
                           safety=config.safety if config is not None else None, dynamics=args.dynamics)
         col, truth = sim.collection, sim.T_true
     else:
-        from calibration.rig import collect_real
+        import franky
 
-        col, truth = collect_real(config, args.camera, args.poses, seed=args.seed, board_in_base=args.board_in_base,
-                                  dynamics=args.dynamics, progress=lambda m: console.print(Text(m))), None
+        from calibration.rig import collect_real
+        from robot.cameras import CameraError
+        from robot.cli import ARM_CHECK, camera_check, opening
+
+        with opening(f"arm (FCI at {config.robot.arm.host})", ARM_CHECK, franky.Exception), \
+                opening(f"camera {args.camera!r}", camera_check(config.camera(args.camera)), CameraError):
+            col = collect_real(config, args.camera, args.poses, seed=args.seed, board_in_base=args.board_in_base,
+                               dynamics=args.dynamics, progress=lambda m: console.print(Text(m)))
+        truth = None
     console.print(Text(col.summary()))
     for why in col.refused:
         console.print(Text(f"refused {why}", style="yellow"))
@@ -139,7 +159,7 @@ def _handeye(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"best: {result.best.method}, held-out reprojection {result.best.reproj_px:.3f} px "
                   f"({result.n_train} training, {result.n_holdout} held-out poses)")
-    return _emit(result_fragment(args.camera, result), args)
+    return _emit(result_fragment(args.camera, result, overrides(config)), args)
 
 
 # ------------------------------------------------------------------------------------------------ intrinsics
@@ -147,16 +167,17 @@ def _handeye(args: argparse.Namespace) -> int:
 
 def _intrinsics(args: argparse.Namespace) -> int:
     from calibration import intrinsics as intr
-    from robot.cameras import CameraError
 
     config = _load(args.launch, args.sim)
     roles = [args.camera] if args.camera else ["static", "wrist"]
     sim = config.robot.kind == "sim"
-    try:
-        numbers = intr.sim_intrinsics(config, roles) if sim else intr.factory_intrinsics(config, roles)
-    except CameraError as e:
-        _error(f"cannot read intrinsics: {e}")
-        return 1
+    if sim:
+        numbers = intr.sim_intrinsics(config, roles)
+    else:
+        numbers = {}
+        for role in roles:
+            with _camera(config, role):
+                numbers.update(intr.factory_intrinsics(config, [role]))
     entries = {}
     for role in roles:
         n = numbers[role]
@@ -173,6 +194,14 @@ def _intrinsics(args: argparse.Namespace) -> int:
     return _emit({"calibration": {"intrinsics": entries}}, args)
 
 
+def _camera(config: Any, role: str) -> contextlib.AbstractContextManager[None]:
+    """A camera that cannot be opened ends the command as one line naming it (exit 2)."""
+    from robot.cameras import CameraError
+    from robot.cli import camera_check, opening
+
+    return opening(f"camera {role!r}", camera_check(config.camera(role)), CameraError)
+
+
 def _charuco_entry(config: Any, role: str, truth: dict[str, Any], sim: bool,
                    args: argparse.Namespace) -> dict[str, Any]:
     from calibration import intrinsics as intr
@@ -184,7 +213,8 @@ def _charuco_entry(config: Any, role: str, truth: dict[str, Any], sim: bool,
         views = intr.synthetic_views(K, size, n=args.views, noise_px=args.noise_px, seed=args.seed)
     else:
         console.print(f"{role}: move the ChArUco board through the view ({args.views * 5} frames)")
-        images = intr.capture_images(config.camera(role), args.views * 5)
+        with _camera(config, role):
+            images = intr.capture_images(config.camera(role), args.views * 5)
         views, missed = intr.views_from_images(images[::5], BoardSpec())
         if not views:
             raise CalibrationError(f"the ChArUco board was not visible in any of {missed} frames")
@@ -295,11 +325,21 @@ def main(argv: list[str] | None = None) -> int:
             rule = "in (0, 1]" if name == "dynamics" else "positive"
             _error(f"dv-calib: --{name.replace('_', '-')} must be {rule}, got {value}")
             return 2
+    from robot.cli import DeviceUnavailable, announce_overrides
+
     try:
-        return {"handeye": _handeye, "intrinsics": _intrinsics, "check": _check}[args.command](args)
+        notes = overrides(_load(args.launch or getattr(args, "write_launch", None), args.sim))
     except UsageError as e:
         _error(f"dv-calib {args.command}: {e}")
         return 2
+    announce_overrides(console, notes)
+    try:
+        return {"handeye": _handeye, "intrinsics": _intrinsics, "check": _check}[args.command](args)
+    except (UsageError, DeviceUnavailable) as e:
+        _error(f"dv-calib {args.command}: {e}")
+        return 2
+    finally:
+        announce_overrides(console, notes)
 
 
 if __name__ == "__main__":

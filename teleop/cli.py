@@ -29,7 +29,14 @@ from rich.console import Console
 from rich.table import Table
 
 from calibration.record import numbers_hash
-from robot.cli import UsageError, add_log_level_option, configure_logging
+from robot.cli import (
+    DeviceUnavailable,
+    UsageError,
+    add_log_level_option,
+    announce_overrides,
+    configure_logging,
+    print_error,
+)
 from robot.policy import Policy
 from robot.runner import EpisodeRecord, Runner, RunnerConfig
 from teleop.answers import Answers, KeyAnswers, LineAnswers
@@ -85,7 +92,7 @@ def make_decide(rule: str, answers: Answers | None, stopped: Callable[[], bool],
 # ------------------------------------------------------------------------------------------- the dataset
 
 
-# Pre-flight free space (safety_reliability.md D3: at least two episodes): bytes per pixel per tick, generous
+# Pre-flight free space (docs/safety.md D3: at least two episodes): bytes per pixel per tick, generous
 # for a real D415 (a sim recording measured 0.16 for depth PNGs and 0.01 for h264 video).
 DEPTH_BYTES_PER_PIXEL, VIDEO_BYTES_PER_PIXEL = 0.6, 0.1
 
@@ -167,25 +174,21 @@ def _plan_args(args: argparse.Namespace) -> argparse.Namespace:
     mode = "chunk" if args.device == "scripted" else "receding"  # an operator's command is fresh every tick
     max_s = args.max_episode_s or (None if args.device == "scripted" else HUMAN_EPISODE_S)
     return argparse.Namespace(task=args.task, sim=args.sim, launch=launch, mode=mode, max_episode_s=max_s,
-                              episodes=args.episodes, server=None, seed=args.seed)
+                              episodes=args.episodes, server=None, seed=args.seed, policy=f"teleop:{args.device}")
 
 
-def _record(args: argparse.Namespace) -> list[EpisodeProgress]:
-    from robot.arm import Arm, Gripper, GripperConfig
-    from robot.cli import make_scene, open_devices, open_estop, plan_run, stop_on_signals
+def _record(args: argparse.Namespace, run_args: argparse.Namespace, plan: Any) -> list[EpisodeProgress]:
+    from robot.cli import make_scene, open_arm, open_devices, open_estop, stop_on_signals
     from teleop.guiding import GuidedRecording
     from teleop.panel import RecordingPanel
 
-    run_args = _plan_args(args)
-    plan = plan_run(run_args)
     runner_cfg = RunnerConfig.model_validate({**plan.runner.model_dump(), "rate_hz": args.fps})
     root = args.root or Path("runs/datasets") / args.task
     with contextlib.ExitStack() as stack:
         cell, arm_cfg, cameras = open_devices(run_args, plan, stack)
         writer = stack.enter_context(open_dataset(root, cameras, args.fps, plan.launch, args.video_codec,
                                                   runner_cfg.max_episode_s))
-        arm = stack.enter_context(Arm(arm_cfg))
-        gripper = stack.enter_context(Gripper(GripperConfig(host=arm_cfg.host)))
+        arm, gripper = open_arm(arm_cfg, stack, plan.sim)
         device, answers, help_text = _device(args, cell, arm, runner_cfg, plan.safety)
         estop, status = open_estop(plan, stack)
         session = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "id": uuid.uuid4().hex[:8],
@@ -193,7 +196,8 @@ def _record(args: argparse.Namespace) -> list[EpisodeProgress]:
                    "device": args.device, "task": args.task, "launch_file": str(run_args.launch),
                    "launch": plan.launch.model_dump(mode="json"),
                    "calibration": plan.launch.calibration.model_dump(mode="json"),
-                   "calibration_hash": numbers_hash(plan.launch.calibration.model_dump(mode="json")), "episodes": {}}
+                   "calibration_hash": numbers_hash(plan.launch.calibration.model_dump(mode="json")),
+                   "overrides": list(plan.overrides), "episodes": {}}
         driver: list[Runner | GuidedRecording] = []  # who moves (or watches) the arm; set below
         stopped = lambda: bool(driver) and driver[0].stop_reason is not None  # noqa: E731
         panel: RecordingPanel | None = None
@@ -310,21 +314,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    from robot.cli import plan_run
     from robot.launch import LaunchConfigError
 
+    failures = (UsageError, DeviceUnavailable, ReplayError, EStopRefused, LaunchConfigError, ValidationError,
+                ResumeMismatch, EpisodeAborted, FileNotFoundError)
     try:
         if args.command == "replay":
             return _replay(args)
+        run_args = _plan_args(args)
+        plan = plan_run(run_args)
+    except failures as exc:
+        return print_error(console, exc)
+    announce_overrides(console, list(plan.overrides))
+    try:
         started = time.monotonic()
-        history = _record(args)
-    except (UsageError, ReplayError, EStopRefused, LaunchConfigError, ValidationError, ResumeMismatch, EpisodeAborted,
-            FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
-    console.print(_record_table(history))
-    kept = sum(1 for p in history if p.kept)
-    console.print(f"{kept} of {len(history)} episodes kept in {time.monotonic() - started:.0f} s")
-    return 0
+        history = _record(args, run_args, plan)
+    except failures as exc:
+        return print_error(console, exc)
+    else:
+        console.print(_record_table(history))
+        kept = sum(1 for p in history if p.kept)
+        console.print(f"{kept} of {len(history)} episodes kept in {time.monotonic() - started:.0f} s")
+        return 0
+    finally:
+        announce_overrides(console, list(plan.overrides))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Order: (create the tiny checkpoint if the file asks for one) → `dv-serve`, wai
 e-stop console (in this terminal when it is one) → the runner. The run ends when any of them exits, or on
 Ctrl-C / SIGTERM / SIGHUP: the runner is stopped first (SIGINT lets it stop the arm and write its summary),
 then the console, then the server, each SIGINT → SIGTERM → SIGKILL with the file's timeouts; a second Ctrl-C
-skips the waiting. The exit code is the runner's (2 for a bad launch file, 1 if the runner never ran).
+skips the waiting. The exit code is the runner's (2 for a bad launch file or a device that is missing or failing,
+1 if the runner never ran). A safety override in force (a real robot without e-stop, an unauthenticated remote
+server) is printed in red at the start and the end.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from types import FrameType
 
 from rich.console import Console
 
+from robot.cli import announce_overrides
 from robot.launch.config import LaunchConfig, LaunchConfigError, load_launch_config
 from robot.launch.process import ProcessSpec, Supervised
 
@@ -60,8 +63,9 @@ def plan(cfg: LaunchConfig, launch_file: Path, task: str, episodes: int, interac
             create = ProcessSpec("checkpoint", _python("policy_server.cli.model", "init", "--config", s.create,
                                                        "--out", str(s.checkpoint)), env=unbuffered)
         device = ["--device", s.device] if s.device else []
+        key = ["--auth-key-file", str(s.auth_key_file)] if s.auth_key_file else []
         server = ProcessSpec("server", _python("policy_server.cli.serve", "--ckpt", str(s.checkpoint), "--bind",
-                                               s.address, *device), env=unbuffered)
+                                               s.address, *device, *key), env=unbuffered)
     if cfg.estop.console:
         # In the terminal the console draws its panel and logs its events to the file itself; without one,
         # its event lines are its output, which goes to the same log.
@@ -158,6 +162,8 @@ class Supervisor:
             self._pump()
             if runner.poll() is not None:
                 self._pump()
+                if runner.proc.returncode != 0 and self._mirror is None:  # its error line went to the log only
+                    self._fail(runner, f"exited with code {runner.proc.returncode}")
                 return _shell_code(runner.proc.returncode)
             for proc in self.procs.values():
                 code = proc.poll()
@@ -217,11 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--task {task!r} is not in {args.launch_file}'s tasks {cfg.tasks}")
     if args.episodes is not None and args.episodes < 1:
         parser.error("--episodes must be >= 1")
-    if cfg.robot.kind == "real" and not cfg.estop_required:
-        console.print("[bold red]dv-launch: WARNING: a real robot without a required e-stop console[/bold red]")
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     p = plan(cfg, args.launch_file, task, args.episodes or cfg.episodes, interactive)
     if args.dry_run:
+        announce_overrides(console, cfg.overrides)
         for spec in (p.create_checkpoint, p.server, p.estop, p.runner):
             if spec is not None:
                 console.print(f"{spec.name}: {' '.join(spec.argv)}", markup=False, highlight=False)
@@ -232,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
                       "dv-launch in a terminal, or set estop.console: false and run dv-estop yourself",
                       markup=False, highlight=False)
         return 2
-    return supervise(cfg, p)
+    announce_overrides(console, cfg.overrides)
+    try:
+        return supervise(cfg, p)
+    finally:
+        announce_overrides(console, cfg.overrides)
 
 
 def supervise(cfg: LaunchConfig, p: Plan) -> int:

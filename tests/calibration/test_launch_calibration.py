@@ -118,6 +118,28 @@ def test_invalid_or_missing_file_is_refused(tmp_path):
         write_calibration(tmp_path / "nope.yaml", {"T_ee_cam_wrist": POSE})
 
 
+def test_a_hand_eye_entry_measured_under_an_override_records_it(tmp_path):
+    """A real rig calibrated under `estop.allow_real_robot_without_estop`: the entry dv-calib writes names the
+    override (the run's own record), and the launch file still loads; without overrides the entry has none."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from calibration.cli import overrides, result_fragment
+
+    data = yaml.safe_load(REAL.read_text())
+    data["estop"].update(required=False, console=False, allow_real_robot_without_estop=True)
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(data))
+    notes = overrides(load_launch_config(path))
+    assert notes == ["OVERRIDE estop.allow_real_robot_without_estop: the real robot moves with no software e-stop"]
+    result = SimpleNamespace(best=SimpleNamespace(T=np.eye(4), method="refined", reproj_px=0.25))
+    write_calibration(path, result_fragment("static", result, notes)["calibration"])
+    assert load_launch_config(path).calibration.T_base_cam_static.overrides == notes
+    assert "overrides" not in result_fragment("static", result, overrides(load_launch_config(REAL)))["calibration"][
+        "T_base_cam_static"]
+
+
 # ------------------------------------------------------------------------------------------------ intrinsics
 
 

@@ -158,6 +158,120 @@ def test_plan_for_sim_and_real(tmp_path):
     assert "--sim" not in p.runner.argv
 
 
+# ------------------------------------------------------------------------------------------------ overrides
+
+
+def _real_data() -> dict[str, Any]:
+    return yaml.safe_load(REAL.read_text())
+
+
+def test_a_real_robot_without_estop_is_refused_unless_overridden():
+    """A real robot with `estop.required: false` moved with no software e-stop; now the file fails at load naming
+    the field, and only `estop.allow_real_robot_without_estop: true` lets it through (listed as an override)."""
+    data = _real_data()
+    data["estop"]["required"] = False
+    with pytest.raises(LaunchConfigError, match=r"real.yaml: estop: required: false on a real robot .* set "
+                       r"allow_real_robot_without_estop: true"):
+        parse_launch_config(data, "real.yaml")
+    data["estop"]["allow_real_robot_without_estop"] = True
+    cfg = parse_launch_config(data, "real.yaml")
+    assert not cfg.estop_required and cfg.without_estop
+    assert cfg.overrides == ["OVERRIDE estop.allow_real_robot_without_estop: the real robot moves with no software "
+                             "e-stop"]
+    # console: false alone keeps the e-stop required (dv-estop run elsewhere): no override, nothing to refuse
+    data = _real_data()
+    data["estop"]["console"] = False
+    cfg = parse_launch_config(data, "real.yaml")
+    assert cfg.estop_required and cfg.overrides == []
+    # the sim needs no override, and an override on a robot that keeps its e-stop is not in force
+    assert load_launch_config(SIM).overrides == []
+    data["estop"]["allow_real_robot_without_estop"] = True
+    assert parse_launch_config(data, "real.yaml").overrides == []
+
+
+def test_a_remote_server_needs_a_key_file_or_the_override(tmp_path):
+    """The client must refuse a non-loopback endpoint without a key unless explicitly overridden: the launch file
+    refuses it at load; the key file's bytes, stripped of surrounding whitespace, are the key."""
+    data = _sim_data()
+    data["server"].update(address="tcp://10.0.0.7:5555", start=False)
+    with pytest.raises(LaunchConfigError, match=r"server: address tcp://10.0.0.7:5555 is not loopback: set "
+                       "auth_key_file"):
+        parse_launch_config(data, "sim.yaml")
+    data["server"]["auth_key_file"] = str(tmp_path / "missing.key")
+    with pytest.raises(LaunchConfigError, match=r"server.auth_key_file: cannot read key file .*missing.key"):
+        parse_launch_config(data, "sim.yaml")
+    (tmp_path / "empty.key").write_text(" \n")
+    data["server"]["auth_key_file"] = str(tmp_path / "empty.key")
+    with pytest.raises(LaunchConfigError, match=r"server.auth_key_file: key file .*empty.key is empty"):
+        parse_launch_config(data, "sim.yaml")
+    (tmp_path / "good.key").write_bytes(b"  0123456789abcdef-secret\n")
+    data["server"]["auth_key_file"] = str(tmp_path / "good.key")
+    cfg = parse_launch_config(data, "sim.yaml")
+    assert cfg.server.key() == b"0123456789abcdef-secret" and cfg.overrides == []
+    del data["server"]["auth_key_file"]
+    data["server"]["allow_unauthenticated_remote"] = True
+    assert parse_launch_config(data, "sim.yaml").overrides == [
+        "OVERRIDE allow_unauthenticated_remote: the policy server at tcp://10.0.0.7:5555 is reached over the network "
+        "without a key"]
+
+
+def test_a_started_server_gets_the_key_file(tmp_path):
+    data = _sim_data()
+    (tmp_path / "k").write_text("0123456789abcdef")
+    data["server"].update(auth_key_file=str(tmp_path / "k"), checkpoint=str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    p = plan(parse_launch_config(data, "sim.yaml"), Path("sim.yaml"), "pick_bottle", 1, interactive=False)
+    assert p.server.argv[-2:] == ["--auth-key-file", str(tmp_path / "k")]
+
+
+def _run_args(**kw: Any) -> Any:
+    from robot.cli import build_parser
+
+    argv = ["run", "pick_bottle", "--sim", *[a for k, v in kw.items() for a in (f"--{k.replace('_', '-')}", *v)]]
+    return build_parser().parse_args(argv)
+
+
+def test_dv_robot_plumbs_the_key_and_the_override_to_the_remote_policy(tmp_path, monkeypatch):
+    """`--server` off loopback: refused without --auth-key-file or --allow-unauthenticated-remote; with the key
+    its stripped bytes reach the pre-flight hello and `RemotePolicy`; with the override, the keyword reaches both
+    and the run records the override."""
+    import contextlib
+
+    import robot.cli as cli
+
+    with pytest.raises(cli.UsageError, match=r"tcp://10.0.0.7:5555 is not on loopback: pass --auth-key-file"):
+        cli.plan_run(_run_args(server=["tcp://10.0.0.7:5555"]))
+    (tmp_path / "k").write_bytes(b"\t0123456789abcdef\n")
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(cli, "check_server", lambda *a: seen.__setitem__("hello", a))
+    monkeypatch.setattr(cli, "RemotePolicy", lambda endpoint, contract, **kw: seen.__setitem__("policy", kw))
+    for extra, key, allow in (({"auth_key_file": [str(tmp_path / "k")]}, b"0123456789abcdef", False),
+                              ({"allow_unauthenticated_remote": []}, None, True)):
+        args = _run_args(server=["tcp://10.0.0.7:5555"], **extra)
+        p = cli.plan_run(args)
+        with contextlib.ExitStack() as stack:
+            cli._policy(args, stack, p, {"static": (48, 64), "wrist": (48, 64)}, None)
+        assert seen["hello"][2:4] == (key, allow)
+        assert seen["policy"]["key"] == key
+        assert seen["policy"]["allow_unauthenticated_remote"] is allow
+        assert bool(p.overrides) is allow
+    assert p.overrides == ("OVERRIDE allow_unauthenticated_remote: the policy server at tcp://10.0.0.7:5555 is "
+                           "reached over the network without a key",)
+
+
+def test_dv_launch_prints_the_override_in_red(tmp_path):
+    data = _real_data()
+    data["estop"].update(required=False, console=False, allow_real_robot_without_estop=True)
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = subprocess.run([PY, "-m", "robot.launch.supervisor", str(path), "--dry-run"], capture_output=True,
+                         text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "FORCE_COLOR": "1"},
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "\x1b[1;31mOVERRIDE estop.allow_real_robot_without_estop: the real robot moves with no software " \
+           "e-stop" in out.stderr
+
+
 # ------------------------------------------------------------------------------------------ the supervisor
 
 DRIVER = textwrap.dedent("""
