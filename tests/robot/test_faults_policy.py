@@ -36,6 +36,7 @@ pytest.importorskip("franky_sim")
 
 RATE_HZ, CHUNK = 15.0, 3
 DEADLINE_S = CHUNK / RATE_HZ  # the loop's default reply deadline: one chunk horizon, 200 ms
+SLACK_S = 0.05  # thread scheduling on a loaded 2-core machine, on top of the times the loop's design allows
 SIZES = {name: (SMALL_CAMERA["height"], SMALL_CAMERA["width"]) for name in ("static", "wrist")}
 # 1 mm along the target's x per step (15 mm/s), gripper open: well inside every limit, so the envelope never
 # intervenes and any hold or abort comes from the fault under test.
@@ -119,8 +120,9 @@ def remote_policy(backend: ScriptedBackend, **delays: float) -> Iterator[tuple[R
 
 def test_50ms_added_latency_is_normal_operation(devices, cell):
     """P3: 50 ± 20 ms added to every round trip (25 ± 10 ms each way through the proxy) in the default chunk mode:
-    every reply arrives before the 200 ms deadline (≥ 99 % on time), no HOLD, no abort, no timeout, and every chunk
-    moves the arm; the added latency shows in the measured round trips and in the run's latency histogram."""
+    every reply arrives before the 200 ms deadline (≥ 99 % on time), no miss, no abort, and every chunk moves the
+    arm; the added latency shows in the measured round trips and in the run's latency histogram. No HOLD either,
+    unless the loop itself stalled (counted as `overrun`: the machine is loaded), which is S2's business."""
     with remote_policy(ScriptedBackend(), up_s=0.025, down_s=0.025, jitter_s=0.010) as (policy, proxy):
         runner, spy = make_runner(devices, cell, policy, cameras=fresh_cameras(), max_episode_s=4.0)
         record = runner.run(1).episodes[0]
@@ -136,8 +138,9 @@ def test_50ms_added_latency_is_normal_operation(devices, cell):
     assert np.median(rtt_ms) >= 50, "the proxy added less than 50 ms per round trip"
     assert len(policy.calls) >= 15 and on_time / len(policy.calls) >= 0.99
     assert not record.aborted, record.outcome
-    for rule in ("hold", "policy_timeout", "policy_error", "policy_late", "late_reply", "stale"):
+    for rule in ("policy_timeout", "policy_error", "policy_late", "late_reply", "stale"):
         assert rule not in record.interventions, f"{rule}: {record.interventions[rule]}"
+    assert record.interventions.get("hold", 0) <= record.interventions.get("overrun", 0), record.events
     assert record.steps >= len(policy.calls) and len(spy.moves) == record.steps  # every chunk moved the arm
 
 
@@ -175,9 +178,9 @@ def test_sustained_300ms_delay_aborts_after_three_misses(devices, cell):
           f"it; at rest {rest_s * 1e3:.0f} ms after the HOLD; {record.interventions.get('policy_timeout')} timeouts")
     assert record.outcome == "aborted:policy_timeout"
     assert record.interventions["policy_timeout"] == 3
-    assert (hold - onset) / 1e9 <= 1 / RATE_HZ + DEADLINE_S + 0.03
-    assert (abort - onset) / 1e9 <= 2 / RATE_HZ + 3 * DEADLINE_S + 0.03
-    assert (abort - hold) / 1e9 >= 2 * DEADLINE_S - 0.03  # three misses, one per horizon, not one burst
+    assert (hold - onset) / 1e9 <= 1 / RATE_HZ + DEADLINE_S + SLACK_S
+    assert (abort - onset) / 1e9 <= 2 / RATE_HZ + 3 * DEADLINE_S + SLACK_S
+    assert (abort - hold) / 1e9 >= 2 * DEADLINE_S - 0.01  # three misses, one per horizon, not one burst
     assert all(t < hold for t, _ in spy.moves), "a command was sent after the first miss"
     assert rest_s <= 0.5
     assert gripper.state.fault is not None
@@ -208,7 +211,8 @@ def test_one_error_reply_is_a_hold_and_the_next_chunk_resumes(devices, cell, cap
           f"{(resumed_ns - error_ns) / 1e6:.0f} ms after it; interventions {record.interventions}")
     assert failure.kind == "server_error" and "scripted backend failure" in failure.message
     assert not record.aborted, record.outcome
-    assert record.interventions["policy_error"] == 1 and record.interventions["hold"] == 1
+    assert record.interventions["policy_error"] == 1
+    assert 1 <= record.interventions["hold"] <= 1 + record.interventions.get("overrun", 0)  # a stall may add one
     assert (hold - error_ns) / 1e9 <= 1 / RATE_HZ + 0.01
     assert all(t > resumed_ns for t in _moves_after(spy, error_ns)), "a command was sent during the HOLD"
     assert _moves_after(spy, resumed_ns), "the episode did not resume after the HOLD"
