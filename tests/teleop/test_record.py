@@ -417,6 +417,56 @@ def test_a_bug_in_the_writer_thread_discards_the_episode_instead_of_hanging(tmp_
     assert json.loads((tmp_path / "meta/info.json").read_text())["total_episodes"] == 0
 
 
+def test_a_writer_that_never_finishes_is_abandoned_within_the_bound(tmp_path, monkeypatch):
+    """`Recorder.end` runs on the loop's thread and used to join the writer with no bound: a writer stuck on a
+    stalled disk hung the run. Now `end` returns within `writer_timeout_s`, the episode is discarded and flagged,
+    the run is told, the committed episode before it is intact, and once the writer returns it deletes its own
+    staging area, so the dataset stays consistent and the next session records again."""
+    failures: list[str] = []
+    stalled, entered = threading.Event(), threading.Event()
+    original = W.EpisodeWriter.add_frame
+
+    def stalls_on_frame_3(self, *args, **kwargs):
+        if self.length == 3:
+            entered.set()
+            stalled.wait(30.0)  # a disk that stopped answering
+        return original(self, *args, **kwargs)
+
+    with _writer(tmp_path) as writer:
+        recorder = Recorder(writer, list(ticks.CAMERAS), lambda r, p: True, queue_size=8, on_failure=failures.append,
+                            writer_timeout_s=0.5)
+        _record(recorder, 1, 5)  # a good episode first
+        monkeypatch.setattr(W.EpisodeWriter, "add_frame", stalls_on_frame_3)
+        recorder.begin(2, "open the drawer")
+        for i in range(8):
+            recorder.record(ticks.tick(i))
+        assert entered.wait(10.0)
+        t0 = time.monotonic()
+        recorder.end(ticks.episode_record(2))
+        waited = time.monotonic() - t0
+        good, stuck = recorder.history
+        assert 0.45 < waited < 1.5, f"end waited {waited:.2f} s for a writer bounded at 0.5 s"
+        assert good.kept and stuck.kept is False and stuck.writer_timed_out and stuck.dataset_index is None
+        assert len(failures) == 1 and "did not finish within 0.5 s" in failures[0]
+        assert verify(tmp_path).ok and json.loads((tmp_path / "meta/info.json").read_text())["total_episodes"] == 1
+        # a new episode while that writer is still stuck is refused, never mixed with it
+        recorder.begin(3, "open the drawer")
+        recorder.record(ticks.tick(0))
+        recorder.end(ticks.episode_record(3))
+        assert recorder.history[2].kept is False and "still stuck" in recorder.history[2].error
+        stalled.set()  # the disk answers again: the abandoned writer discards its episode itself
+        deadline = time.monotonic() + 10
+        while any((tmp_path / ".dv/staging").iterdir()):
+            assert time.monotonic() < deadline, "the abandoned writer left its staging area"
+            time.sleep(0.02)
+        monkeypatch.setattr(W.EpisodeWriter, "add_frame", original)
+        _record(recorder, 4, 5)
+        assert recorder.history[3].kept and recorder.history[3].dataset_index == 1
+    assert len(failures) == 2  # the refused episode 3; the abandoned writer's own late events stop nothing
+    assert verify(tmp_path).ok
+    assert [_rows(tmp_path, i).num_rows for i in (0, 1)] == [5, 5]
+
+
 def test_too_little_free_space_refuses_the_episode_before_it_starts(tmp_path):
     """D3 pre-flight: an episode starts only with room for two of the longest allowed; otherwise the run is
     stopped with the reason, before anything moves."""
