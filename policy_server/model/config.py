@@ -109,8 +109,9 @@ class LossConfig(Strict):
     silog_lambda: float = 0.5
     semantic_loss: Literal["cosine", "infonce"] = "cosine"
     infonce_temperature: float = 0.07
-    # Flow-mask threshold (pixels at 224 px over the 14x14 grid) and whether to dilate per view.
-    flow_threshold_px: float = 1.0
+    # Flow-mask threshold on the mean displacement of a patch, in pixels of `vision.image_size` (the tracks are
+    # measured at that size). The released 1.0 px is at 224 px; `tiny` at 64 px scales it to 64/224 px.
+    flow_threshold_px: float = Field(1.0, gt=0)
 
 
 class ActionHeadConfig(Strict):
@@ -228,10 +229,13 @@ def _paper_real() -> ModelConfig:
 
 
 def _tiny() -> ModelConfig:
+    # No SAM/DINO <dream> queries: no semantic teacher runs on two CPU cores, and a modality without a
+    # teacher would only add queries whose loss is never computed.
     return ModelConfig(
         name="tiny",
         sequence_length=4,
         dream_queries_per_view=4,
+        dream=("dynamic", "depth"),
         vision=VisionConfig(image_size=64, patch_size=8, width=64, depth=2, heads=4, frozen=False, pretrained=None),
         text=TextConfig(
             vocab_size=260, width=64, layers=2, heads=4, context_length=32, projection_dim=64,
@@ -241,6 +245,7 @@ def _tiny() -> ModelConfig:
         backbone=BackboneConfig(hidden=64, layers=2, heads=4, dropout=0.0),
         decoder=DecoderConfig(depth=1, heads=4, sam_grid=4, sam_dim=16, dino_grid=4, dino_dim=16),
         action_head=ActionHeadConfig(width=64, depth=2, heads=4),
+        loss=LossConfig(flow_threshold_px=1.0 * 64 / 224),
     )
 
 

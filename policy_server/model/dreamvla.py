@@ -20,6 +20,7 @@ embedding is added afterwards), which is what makes the serving engine's history
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,8 @@ from policy_server.model.knowledge import (
 )
 from policy_server.model.text import TextEncoder
 from policy_server.model.vision import PerceiverResampler, VisionEncoder, load_mae_encoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class DreamVLA(nn.Module):
     def __init__(self, cfg: ModelConfig, *, with_decoders: bool, load_pretrained: bool) -> None:
         super().__init__()
         self.cfg = cfg
+        self._untaught: set[str] = set()  # modalities already warned about (no targets in a training batch)
         h, dv = cfg.backbone.hidden, cfg.vision.width
         # ---- tokenizer: text, state, images
         self.text_encoder = TextEncoder(cfg.text, load_pretrained=load_pretrained)
@@ -94,10 +98,30 @@ class DreamVLA(nn.Module):
         layout = step_layout(cfg.context_tokens, [(m, group) for m in cfg.dream_order], cfg.action.chunk)
         self.register_buffer("attention_mask", build_attention_mask(cfg.sequence_length, layout, cfg.attention),
                              persistent=False)  # (S*T, S*T) bool
+        pretrained = {"text_encoder": load_pretrained and cfg.text.pretrained is not None,
+                      "vision_encoder": load_pretrained and cfg.vision.pretrained is not None,
+                      "backbone": load_pretrained and cfg.backbone.pretrained is not None}
+        self._init_weights(skip={name for name, loaded in pretrained.items() if loaded})
         if cfg.vision.frozen:
             self.vision_encoder.requires_grad_(False)
         if cfg.text.frozen:
             self.text_encoder.requires_grad_(False)
+
+    def _init_weights(self, skip: set[str]) -> None:
+        """The released initialisation: Xavier-uniform for every Linear (backbone and DiT included), zero biases,
+        unit LayerNorms, a null condition of std 0.02. It runs after the heads are built, so the DiT's final layer
+        is not zero either, as released. Subtrees whose weights came from a pretrained file are left alone."""
+        for name, module in self.named_modules():
+            if name.split(".")[0] in skip:
+                continue
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.action_head.net.z_embedder.uncondition, std=0.02)
 
     # ------------------------------------------------------------------------------ tokenizer
 
@@ -190,6 +214,7 @@ class DreamVLA(nn.Module):
         losses = {}
         for m in cfg.dream_order:
             if targets[m] is None:
+                self._warn_untaught(m)
                 continue
             per_view = []
             for i, cam in enumerate(cfg.cameras):
@@ -207,3 +232,12 @@ class DreamVLA(nn.Module):
                     per_view.append(semantic_loss(pred, target, cfg.loss))
             losses[m] = torch.stack(per_view).mean()  # the views weigh equally
         return losses
+
+    def _warn_untaught(self, modality: str) -> None:
+        """Queries whose loss is never computed still shape what <action> attends to; say so once per modality
+        rather than train them silently (switch the modality off in `dream`, or give it a teacher)."""
+        if modality not in self._untaught:
+            self._untaught.add(modality)
+            log.warning("<dream> queries for %r are built but the batch has no %r targets: their loss is never "
+                        "computed (remove %r from the config's `dream`, or supply its teacher)", modality, modality,
+                        modality)

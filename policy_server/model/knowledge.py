@@ -118,12 +118,20 @@ def dynamic_region_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
 
 
 def depth_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
-    """pred/target (M, 1, R, R) in metres; SiLog (code) or per-image scale-normalised MSE (paper)."""
+    """pred/target (M, 1, R, R) in metres; SiLog (code) or per-image scale-normalised MSE (paper).
+
+    Only pixels with a measurement count: a D415 (and our recordings) write 0 where it has no depth, and
+    log(0 + 1e-6) there would teach the head holes. A batch without one valid pixel contributes zero."""
+    valid = (target > 0) & torch.isfinite(target)  # (M, 1, R, R)
+    if not valid.any():
+        return pred.sum() * 0.0
     if cfg.depth_loss == "silog":
-        g = torch.log(target + 1e-6) - torch.log(pred + 1e-6)
+        g = torch.log(target[valid] + 1e-6) - torch.log(pred[valid] + 1e-6)
         return torch.sqrt((g**2).mean() - cfg.silog_lambda * g.mean() ** 2)
-    scale = lambda d: d / d.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)  # noqa: E731
-    return F.mse_loss(scale(pred), scale(target))
+    w = valid.to(pred.dtype)
+    per_image = lambda d: (d * w).sum(dim=(1, 2, 3), keepdim=True) / w.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)  # noqa: E731
+    scale = lambda d: d / per_image(d).clamp_min(1e-6)  # noqa: E731
+    return F.mse_loss(scale(pred)[valid], scale(torch.where(valid, target, 0.0))[valid])
 
 
 def semantic_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:

@@ -42,7 +42,7 @@ def test_training_step_lowers_total_loss(tiny_cfg, batch_factory):
             return {k: v.item() for k, v in model(batch).items()}
 
     before = evaluate()
-    assert set(before) == {"action", "dynamic", "depth", "sam", "total"}  # tiny has no DINO head
+    assert set(before) == {"action", "dynamic", "depth", "total"}  # tiny has no semantic (SAM/DINO) head
     model.train()
     for _ in range(3):
         opt.zero_grad()
@@ -189,7 +189,7 @@ def test_the_number_of_views_follows_the_config(tiny_cfg, batch_factory, cameras
     assert cfg.context_tokens == 2 + v * (cfg.resampler.num_queries + 1)
     assert model.dream_queries["dynamic"].shape[0] == v * cfg.dream_queries_per_view
     losses = model(batch_factory(cfg))
-    assert set(losses) == {"action", "dynamic", "depth", "sam", "total"} and torch.isfinite(losses["total"])
+    assert set(losses) == {"action", "dynamic", "depth", "total"} and torch.isfinite(losses["total"])
     frames = model.encode_frame(torch.zeros(2, 7), {c: torch.zeros(2, 3, 64, 64) for c in cameras})
     assert frames.shape == (2, cfg.context_tokens - 1, cfg.backbone.hidden)
     text = model.encode_text(build_tokenizer(cfg.text, None)(["pick up the bottle"] * 2))
