@@ -64,3 +64,19 @@ def test_semantic_losses_prefer_the_right_position():
     for cfg in (LossConfig(), LossConfig(semantic_loss="infonce", infonce_temperature=0.1)):
         assert semantic_loss(target, target, cfg) < semantic_loss(shuffled, target, cfg)
     assert semantic_loss(target, target, LossConfig()).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["silog", "scale_normalized_mse"])
+def test_depth_holes_are_masked(variant):
+    """0 is 'no measurement' on a D415: whatever the head predicts there changes nothing, and the loss is finite."""
+    cfg = LossConfig(depth_loss=variant)
+    target = torch.rand(2, 1, 8, 8) + 0.5
+    target[:, :, :3] = 0.0  # three rows without depth
+    pred = target.clone()
+    pred[:, :, :3] = torch.rand(2, 1, 3, 8) * 5
+    loss = depth_loss(pred, target, cfg)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(0.0, abs=1e-3)
+    pred[:, :, 5] *= 2.0  # a wrong measured pixel still counts
+    assert depth_loss(pred, target, cfg).item() > 1e-3
+    empty = depth_loss(pred.requires_grad_(), torch.zeros_like(target), cfg)
+    assert empty.item() == 0.0 and empty.requires_grad  # no valid pixel: no loss, and backward still works

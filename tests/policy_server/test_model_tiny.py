@@ -195,3 +195,30 @@ def test_the_number_of_views_follows_the_config(tiny_cfg, batch_factory, cameras
     text = model.encode_text(build_tokenizer(cfg.text, None)(["pick up the bottle"] * 2))
     chunk = model.predict(text, frames[:, None])
     assert chunk.shape == (2, cfg.action.chunk, cfg.action.dim)
+
+
+def test_released_initialisation(tiny_cfg):
+    """Xavier-uniform on every Linear (the DiT's last layer included: not zero), zero biases, null condition 0.02."""
+    model = _model(tiny_cfg, decoders=True)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for layer in linears:
+        fan_out, fan_in = layer.weight.shape
+        assert layer.weight.abs().max() <= (6 / (fan_in + fan_out)) ** 0.5 + 1e-6
+        assert layer.bias is None or not layer.bias.any()
+    big = max(linears, key=lambda m: m.weight.numel())
+    fan_out, fan_in = big.weight.shape
+    assert big.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.1)
+    assert model.action_head.net.final_layer.linear.weight.abs().sum() > 0
+    assert model.action_head.net.z_embedder.uncondition.std().item() == pytest.approx(0.02, rel=0.25)
+
+
+def test_queries_without_targets_are_warned_about_once(tiny_cfg, batch_factory, caplog):
+    model = _model(tiny_cfg, decoders=True)
+    batch = batch_factory(tiny_cfg)
+    batch.future_depth = None
+    with caplog.at_level("WARNING", logger="policy_server.model.dreamvla"):
+        losses = model(batch)
+        model(batch)
+    assert "depth" not in losses
+    warned = [r for r in caplog.records if "'depth'" in r.getMessage()]
+    assert len(warned) == 1 and "never computed" in warned[0].getMessage()
