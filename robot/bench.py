@@ -7,7 +7,10 @@ Four phases on one workcell, each an episode of the unchanged `Runner` (nothing 
    weights would make velocity jumps meaningless) in chunk, receding and ensemble mode on the same layout: the
    commanded-velocity jump at chunk boundaries, and its ratios between modes;
 3. e-stop: a few trials where a `HeartbeatSender` (the console's sender) commands STOP mid-motion: STOP → stop
-   issued to the arm, and stop issued → TCP at rest.
+   issued to the arm, and stop issued → TCP at rest;
+4. soak (only with `--phases soak`): the scripted expert's episodes back to back on one `Runner` for `--soak-s`
+   seconds, the process's resident memory (RSS) sampled at every episode's end: start, end, peak and the growth
+   per hour, so that a long run's memory can be checked to stay flat (the run-level latency samples are bounded).
 
 The loop is observed only from outside, through its devices: `_ArmProbe` records when the loop reads the state
 (once per tick, first thing after the e-stop check: the tick grid), the targets it sends and the stops it issues;
@@ -19,6 +22,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import resource
 import sys
 import threading
 import time
@@ -34,12 +39,15 @@ from rich.table import Table
 from robot.execution import MODES, Mode
 from robot.policy import Observation, Policy, PolicyChunk, PolicyFailure, RemotePolicy, ScriptedPolicy, robot_contract
 from robot.runner import Runner, RunnerConfig, RunSummary, SimScene
+from robot.runner.report import RESERVOIR_SIZE
 from robot.safety import SafetyConfig
 
 REST_TOLERANCE_M = 0.001  # at rest: the TCP stays within this of where it ends
 REST_WATCH_S = 0.5  # the TCP is watched this long after the episode ended, to see where it ends
 JUMP_RESOLUTION_MPS = 0.001  # a ratio of jumps below this (1 mm/s: float noise of a constant velocity) is omitted
 ESTOP_AFTER_MOVES = 12  # STOP is sent once the arm has been commanded this many targets (it is moving)
+PHASES = ("served", "modes", "estop", "soak")
+DEFAULT_PHASES = ("served", "modes", "estop")
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -396,24 +404,97 @@ def _estop_phase(rig: _Rig, trials: int, seconds: float) -> dict[str, Any]:
                    "STOP sent → stop issued to arm": stats("issued_ms"), "stop issued → at rest": stats("rest_ms")}}
 
 
+# ------------------------------------------------------------------------------------------------ phase 4: soak
+
+
+def rss_mb() -> float:
+    """This process's resident set size now, in MiB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssProbe:
+    """A step sink that notes the process's RSS at the end of every episode (the loop's own hook, after the arm is at
+    rest): (seconds since the soak began, episodes so far, MiB)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.samples: list[tuple[float, int, float]] = []
+        self.ticks = 0
+
+    def begin(self, episode: int, instruction: str) -> None:
+        pass
+
+    def record(self, tick: Any) -> None:
+        self.ticks += 1
+
+    def end(self, record: Any) -> None:
+        self.samples.append((time.monotonic() - self.t0, len(self.samples) + 1, rss_mb()))
+
+
+def rss_report(start_mb: float, samples: list[tuple[float, int, float]]) -> dict[str, Any]:
+    """Start (before the first episode), after the first episode (warmed up), end and peak in MiB, and the growth per
+    hour from a least-squares line through the samples after the first episode."""
+    mb = [m for _, _, m in samples]
+    out: dict[str, Any] = {"start_mb": start_mb, "after_first_episode_mb": mb[0] if mb else None,
+                           "end_mb": mb[-1] if mb else None, "peak_mb": max([start_mb, *mb]),
+                           "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                           "samples": len(samples)}
+    later = samples[1:]
+    if len(later) >= 3 and later[-1][0] > later[0][0]:
+        slope = np.polyfit([t for t, _, _ in later], [m for _, _, m in later], 1)[0]
+        out["growth_mb_per_h"] = float(slope * 3600)
+    return out
+
+
+def _soak_phase(rig: _Rig, soak_s: float, episode_s: float) -> dict[str, Any]:
+    """The scripted expert's episodes back to back on one unchanged `Runner` (its run-level statistics accumulate
+    across them) until `soak_s` has passed; RSS at every episode's end."""
+    probe = RssProbe()
+    config = RunnerConfig(rate_hz=rig.rate_hz, chunk_length=rig.chunk_length, mode="chunk", max_episode_s=episode_s)
+    runner = Runner(config, rig.safety, arm=rig.arm, gripper=rig.gripper, cameras=rig.cameras,
+                    policy=_scripted_policy(rig), scene=SimScene(rig.cell, rig.arm, rig.gripper, first_seed=0),
+                    task=rig.task, policy_name="ScriptedPolicy", steps=probe)
+    start_mb, outcomes, latency_n = rss_mb(), [], 0
+    try:
+        while time.monotonic() - probe.t0 < soak_s:
+            summary = runner.run(1)
+            outcomes += [e.outcome for e in summary.episodes]
+            latency_n = max((s["n"] for s in summary.latency_ms.values()), default=0)
+            if summary.stopped or not summary.episodes:
+                break
+    finally:
+        runner.close()
+    counts = {o: outcomes.count(o) for o in sorted(set(outcomes))}
+    return {"seconds": time.monotonic() - probe.t0, "episodes": len(outcomes), "ticks": probe.ticks,
+            "outcomes": counts, "run_latency_values_per_stage": latency_n, "rss": rss_report(start_mb, probe.samples)}
+
+
 # ------------------------------------------------------------------------------------------------ the bench
 
 
 def run_robot_bench(task: str = "pick_bottle", seconds: float = 20.0, estop_trials: int = 3,
                     endpoint: str | None = None, ckpt: Path | None = None,
-                    camera_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Every phase in one run on one workcell; returns the JSON-able results (ratios included)."""
+                    camera_size: tuple[int, int] | None = None, phases: Sequence[str] = DEFAULT_PHASES,
+                    soak_s: float = 300.0) -> dict[str, Any]:
+    """The chosen phases in one run on one workcell (soak last); returns the JSON-able results (ratios included)."""
     from robot.cli import DEFAULT_CKPT
 
     start = time.monotonic()
+    out: dict[str, Any] = {}
     with _rig(task, camera_size) as rig:
-        served = _served_phase(rig, seconds, endpoint, ckpt or DEFAULT_CKPT)
-        modes = _modes_phase(rig, seconds)
-        estop = _estop_phase(rig, estop_trials, min(seconds, 5.0))
+        if "served" in phases:
+            out["served"] = _served_phase(rig, seconds, endpoint, ckpt or DEFAULT_CKPT)
+        if "modes" in phases:
+            out["velocity_jump"] = _modes_phase(rig, seconds)
+        if "estop" in phases:
+            out["estop"] = _estop_phase(rig, estop_trials, min(seconds, 5.0))
+        if "soak" in phases:
+            out["soak"] = _soak_phase(rig, soak_s, seconds)
         cameras = {n: f"{c.config.width}x{c.config.height}" for n, c in rig.cameras.items()}
     return {"task": task, "rate_hz": rig.rate_hz, "chunk_length": rig.chunk_length, "episode_s": seconds,
-            "cameras": cameras, "server": endpoint or f"local dv-serve on {ckpt or DEFAULT_CKPT}",
-            "served": served, "velocity_jump": modes, "estop": estop, "wall_s": time.monotonic() - start}
+            "cameras": cameras, "server": endpoint or f"local dv-serve on {ckpt or DEFAULT_CKPT}", **out,
+            "wall_s": time.monotonic() - start}
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -434,10 +515,27 @@ def _table(title: str, first: str, keys: Sequence[str], rows: dict[str, dict[str
 
 
 def print_tables(result: dict[str, Any], console: Console) -> None:
-    served, jumps, estop = result["served"], result["velocity_jump"], result["estop"]
     console.print(f"[b]dv-bench robot[/b]: {result['task']} in the sim workcell (franky → franky-sim), "
                   f"{result['rate_hz']:g} Hz, chunks of {result['chunk_length']}, cameras {result['cameras']}, "
                   f"{result['episode_s']:g} s episodes; {result['wall_s']:.0f} s in all")
+    if "served" in result:
+        _print_served(result, console)
+    if "estop" in result:
+        _print_estop(result["estop"], console)
+    if "velocity_jump" in result:
+        _print_jumps(result["velocity_jump"], console)
+    if "soak" in result:
+        _print_soak(result["soak"], console)
+    outcomes = {"served": result["served"]["outcome"]} if "served" in result else {}
+    outcomes |= {m: v["outcome"] for m, v in result.get("velocity_jump", {}).get("modes", {}).items()}
+    if "estop" in result:
+        outcomes["e-stop"] = ", ".join(result["estop"]["outcomes"])
+    if outcomes:
+        console.print("episode outcomes: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
+
+
+def _print_served(result: dict[str, Any], console: Console) -> None:
+    served = result["served"]
     tick, dt_ms = served["tick"], 1e3 / result["rate_hz"]
     console.print(_table(f"tick period at {result['rate_hz']:g} Hz (served run, {tick['overruns']} overruns) [ms]",
                          "", ("p50", "p99", "max"),
@@ -446,6 +544,9 @@ def print_tables(result: dict[str, Any], console: Console) -> None:
                          served["obs_age_at_send_ms"]))
     console.print(_table(f"obs→action per stage, {result['server']}, chunk mode [ms]", "stage",
                          ("p50", "p95", "max"), served["latency_ms"]))
+
+
+def _print_estop(estop: dict[str, Any], console: Console) -> None:
     console.print(_table(f"e-stop: STOP from a HeartbeatSender mid-motion, {estop['trials']} trials [ms]", "",
                          ("p50", "max"), estop["ms"]))
     travel = estop["travel_after_stop_mm"]
@@ -453,14 +554,27 @@ def print_tables(result: dict[str, Any], console: Console) -> None:
                   f"max {travel.get('max', float('nan')):.1f} mm; per trial (issued, at rest ms): "
                   + ", ".join(f"({t['issued_ms'] or float('nan'):.1f}, {t['rest_ms'] or float('nan'):.0f})"
                               for t in estop["per_trial"]))
+
+
+def _print_jumps(jumps: dict[str, Any], console: Console) -> None:
     rows = {f"{m} {where}": v["jump_mps"][where] for m, v in jumps["modes"].items() for where in ("boundary", "within")}
     console.print(_table(f"commanded-velocity jump |Δv| at chunk boundaries, {jumps['policy']} [m/s]", "mode",
                          ("p50", "p95", "max"), rows, fmt="{:.4f}"))
     console.print(_table(f"boundary-jump ratios (same run; '-' where a jump is below {JUMP_RESOLUTION_MPS} m/s)", "",
                          ("p50", "p95", "max"), jumps["ratios"], fmt="{:.2f}x"))
-    outcomes = {"served": served["outcome"], **{m: v["outcome"] for m, v in jumps["modes"].items()},
-                "e-stop": ", ".join(estop["outcomes"])}
-    console.print("episode outcomes: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
+
+
+def _print_soak(soak: dict[str, Any], console: Console) -> None:
+    rss = soak["rss"]
+    rows = {k.removesuffix("_mb").replace("_", " "): {"MiB": v} for k, v in rss.items()
+            if k.endswith("_mb") and v is not None}
+    console.print(_table(f"RSS over {soak['seconds'] / 60:.1f} min of back-to-back episodes ({soak['episodes']} "
+                         f"episodes, {soak['ticks']} ticks; the run's latency statistics cover "
+                         f"{soak['run_latency_values_per_stage']} values per stage and keep at most {RESERVOIR_SIZE})",
+                         "", ("MiB",), rows))
+    growth = rss.get("growth_mb_per_h")
+    console.print(f"RSS growth after the first episode: {'n/a' if growth is None else f'{growth:+.1f} MiB/h'} "
+                  f"({rss['samples']} samples); outcomes {soak['outcomes']}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -470,15 +584,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", help="dv-serve endpoint (default: start one on --ckpt, as dv-robot --sim does)")
     parser.add_argument("--ckpt", type=Path, help="checkpoint for the local dv-serve (default: dv-robot's)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
+    parser.add_argument("--phases", default=",".join(DEFAULT_PHASES),
+                        help=f"comma-separated, of {','.join(PHASES)} (default %(default)s; soak runs last)")
+    parser.add_argument("--soak-s", type=float, default=300.0, help="soak: how long to run episodes back to back")
 
 
 def command(args: argparse.Namespace) -> int:
     """`dv-bench robot`: with --json, anything the phases print (the server's start) goes to stderr."""
-    if args.seconds <= 0 or args.estop_trials < 1:
-        raise ValueError("--seconds must be > 0 and --estop-trials >= 1")
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if args.seconds <= 0 or args.estop_trials < 1 or args.soak_s <= 0:
+        raise ValueError("--seconds and --soak-s must be > 0 and --estop-trials >= 1")
+    if not phases or not set(phases) <= set(PHASES):
+        raise ValueError(f"--phases must name some of {', '.join(PHASES)}, got {args.phases!r}")
     quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with quiet:
-        result = run_robot_bench(args.task, args.seconds, args.estop_trials, args.server, args.ckpt)
+        result = run_robot_bench(args.task, args.seconds, args.estop_trials, args.server, args.ckpt,
+                                 phases=phases, soak_s=args.soak_s)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
