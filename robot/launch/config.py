@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from policy_server.bind_policy import is_loopback
+from policy_server.bind_policy import MIN_KEY_BYTES, is_loopback, read_key_file
 from robot.arm import ArmConfig
 from robot.cameras import CameraConfig, camera_config_from_dict
 from robot.estop.wire import HEARTBEAT_ENDPOINT, HEARTBEAT_TIMEOUT_S, STATUS_ENDPOINT
@@ -197,14 +197,14 @@ class ServerSection(_Section):
 
 
 def read_key(path: Path) -> bytes:
-    """A key file's bytes stripped of surrounding whitespace (as dv-serve reads it); ValueError naming the file if
-    it cannot be read or is empty."""
+    """The key as dv-serve reads it (`read_key_file`: the bytes, surrounding whitespace stripped), checked when the
+    launch file loads: a ValueError naming the file if it cannot be read, is empty or is too short."""
     try:
-        key = path.read_bytes().strip()
+        key = read_key_file(path)
     except OSError as exc:
         raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
-    if not key:
-        raise ValueError(f"key file {path} is empty")
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"key file {path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES}")
     return key
 
 

@@ -204,6 +204,11 @@ def test_a_remote_server_needs_a_key_file_or_the_override(tmp_path):
     data["server"]["auth_key_file"] = str(tmp_path / "empty.key")
     with pytest.raises(LaunchConfigError, match=r"server.auth_key_file: key file .*empty.key is empty"):
         parse_launch_config(data, "sim.yaml")
+    (tmp_path / "short.key").write_text("0123456789\n")
+    data["server"]["auth_key_file"] = str(tmp_path / "short.key")
+    with pytest.raises(LaunchConfigError, match=r"server.auth_key_file: key file .*short.key holds 10 bytes; a key "
+                       "needs at least 16"):
+        parse_launch_config(data, "sim.yaml")
     (tmp_path / "good.key").write_bytes(b"  0123456789abcdef-secret\n")
     data["server"]["auth_key_file"] = str(tmp_path / "good.key")
     cfg = parse_launch_config(data, "sim.yaml")
