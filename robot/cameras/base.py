@@ -4,7 +4,7 @@ The shape follows LeRobot's cameras (DESIGN.md, "Shapes worth borrowing"): `conn
 that returns a *new* frame or raises `CameraTimeout`, a never-blocking `read_latest()`, `disconnect()` and a
 context manager. The control loop, not the driver, decides whether a frame is too old to use, so every
 `Frame` carries the host's monotonic receive time next to the device timestamp and frame number
-(CONVENTIONS.md, "Units and clocks").
+(docs/conventions.md, "Units and clocks").
 
 Drivers register themselves with `@register_camera`; `make_camera` imports `robot.cameras.<type>` on first use,
 so adding a driver never means editing this file and the factory never imports a vendor SDK it does not need.
@@ -40,7 +40,7 @@ class CameraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: str
-    name: str = Field(description="Role of the camera in the rig, e.g. 'static' or 'wrist' (CONVENTIONS.md).")
+    name: str = Field(description="Role of the camera in the rig, e.g. 'static' or 'wrist' (docs/conventions.md).")
     width: int = Field(640, gt=0)
     height: int = Field(480, gt=0)
     fps: int = Field(30, gt=0)

@@ -1,6 +1,6 @@
 """The safety envelope as pure logic: every rule of `SafetyConfig`, and the invariants no input may break.
 
-Rows of safety_reliability.md §6 named in each docstring. Hypothesis drives the invariants that must hold for
+Rows of the fault matrix (docs/safety.md) named in each docstring. Hypothesis drives the invariants that must hold for
 *any* input: NaN/Inf and malformed chunks are always rejected whole (A1, A2), and no target outside the
 workspace box ever leaves the filter (A3), whatever the policy asked for.
 """
@@ -117,7 +117,7 @@ def test_wrong_type_or_dtype_is_rejected(value, rule):
 
 
 def test_values_beyond_the_action_scale_are_clipped_and_counted():
-    """A5 / CONVENTIONS.md: pose values beyond ±1 × (0.02 m, 0.05 rad) are clipped, each one counted."""
+    """A5 / docs/conventions.md: pose values beyond ±1 × (0.02 m, 0.05 rad) are clipped, each one counted."""
     chunk = np.zeros((3, 7), np.float32)
     chunk[0, :6] = [0.5, -0.03, 0.01, 0.2, 0.0, -0.06]
     chunk[:, 6] = [1.0, 3.0, -2.0]
