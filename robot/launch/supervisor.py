@@ -6,8 +6,8 @@ e-stop console (in this terminal when it is one) → the runner. The run ends wh
 Ctrl-C / SIGTERM / SIGHUP: the runner is stopped first (SIGINT lets it stop the arm and write its summary),
 then the console, then the server, each SIGINT → SIGTERM → SIGKILL with the file's timeouts; a second Ctrl-C
 skips the waiting. The exit code is the runner's (2 for a bad launch file or a device that is missing or failing,
-1 if the runner never ran). A safety override in force (a real robot without e-stop, an unauthenticated remote
-server) is printed in red at the start and the end.
+the policy server it starts included; otherwise 1 if the runner never ran). A safety override in force (a real
+robot without e-stop, an unauthenticated remote server) is printed in red at the start and the end.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
+from rich.text import Text
 
 from robot.cli import announce_overrides
 from robot.launch.config import LaunchConfig, LaunchConfigError, load_launch_config
@@ -130,6 +131,17 @@ class Supervisor:
             time.sleep(_POLL_S)
         return False
 
+    def _server_unavailable(self, server: Supervised) -> int:
+        """The policy server it started never got ready: its log's last lines, then one line naming it (exit 2)."""
+        self._fail(server, "did not become ready")
+        code = server.poll()
+        why = (f"exited with code {code}" if code is not None
+               else f"printed no READY line within {self.cfg.server.ready_timeout_s:g} s")
+        console.print(Text.assemble(("error: ", "red"), f"policy server (dv-serve on {self.cfg.server.address}) {why}; "
+                                    f"check its log {server.log_path} (last lines above), server.checkpoint and "
+                                    "server.device"), soft_wrap=True)
+        return 2
+
     def _fail(self, proc: Supervised, what: str) -> None:
         console.print(f"[red]dv-launch: {proc.name} {what}; last lines of {proc.log_path}:[/red]")
         lines = proc.log_path.read_text(errors="replace").splitlines()[-15:]
@@ -144,9 +156,9 @@ class Supervisor:
             if p.server is not None and not self.stopping:
                 server = self._start(p.server)
                 if not self._wait_ready(server, self.cfg.server.ready_timeout_s):
-                    if not self.stopping:
-                        self._fail(server, "did not become ready")
-                    return 1
+                    if self.stopping:
+                        return 1
+                    return self._server_unavailable(server)
             if p.estop is not None and not self.stopping:
                 self._start(p.estop)
             if self.stopping:

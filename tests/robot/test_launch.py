@@ -380,13 +380,15 @@ def test_supervisor_returns_the_runner_exit_code(tmp_path):
 
 
 def test_server_that_never_gets_ready_stops_the_launch(tmp_path):
-    """The runner never starts against a server that died; the error shows the server's log."""
+    """The runner never starts against a server that died; the error shows the server's log, then one line naming
+    the policy server and what to check, exit code 2."""
     marker = tmp_path / "runner-started"
     proc = _launch(tmp_path, [PY, "-c", "print('loading'); raise SystemExit('bad checkpoint')"],
                    [PY, "-c", f"open({str(marker)!r}, 'w')"])
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a policy server that does not start is a failing device
     assert "server did not become ready" in err and "bad checkpoint" in err
+    assert "error: policy server (dv-serve on tcp://127.0.0.1:5555) exited with code 1; check its log" in err
     assert not marker.exists() and not (tmp_path / "logs" / "runner.log").exists()
 
 
