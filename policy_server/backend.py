@@ -13,16 +13,35 @@ import numpy as np
 import torch
 
 from policy_server import engine as eng
+from policy_server.contract import physical_state_range
 from policy_server.protocol import ModelContract, Observation
+
+# The contract's action range, in model units (times the checkpoint's action scale): beyond it an output is
+# a numerical failure (an overflow, a poisoned history), not an action. It is loose on purpose: a trained
+# model stays near its nominal +-1 (which the robot's envelope clips to), an untrained one within about +-30.
+OUTPUT_LIMIT_UNITS = 100.0
 
 
 @dataclass
 class EngineSession:
     """One episode: its history cache and the generator its diffusion noise comes from, so that a
-    seeded episode's chunks depend only on its own inputs, never on who shared its batches."""
+    seeded episode's chunks depend only on its own inputs, never on who shared its batches. `undo` is
+    both as they were before the last step, for `discard_step`."""
 
     history: eng.EpisodeHistory
     generator: torch.Generator
+    undo: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None
+
+    def begin_step(self) -> None:
+        self.undo = (self.history.checkpoint(), self.generator.get_state())
+
+    def undo_step(self) -> None:
+        """Forget the last step: its frame leaves the history and its noise draw is returned."""
+        if self.undo is not None:
+            frames, generator_state = self.undo
+            self.history.rollback(frames)
+            self.generator.set_state(generator_state)
+            self.undo = None
 
 
 class EngineBackend:
@@ -37,7 +56,10 @@ class EngineBackend:
         self._identity = (f"dreamvla-{cfg.name}", meta.content_hash, meta.normalization_hash)
         self._contract = ModelContract(
             cameras=list(cfg.cameras), image_size=cfg.vision.image_size, state_layout=list(meta.state_layout),
-            chunk_length=cfg.action.chunk, action_dim=cfg.action.dim, gripper=cfg.action.gripper,
+            state_range=physical_state_range(list(meta.state_layout)),
+            chunk_length=cfg.action.chunk, action_dim=cfg.action.dim,
+            action_range=[[-OUTPUT_LIMIT_UNITS * a, OUTPUT_LIMIT_UNITS * a] for a in map(float, self._scale)],
+            gripper=cfg.action.gripper,
             action_convention=f"delta_{cfg.action.frame}_{cfg.action.rotation}",
             sequence_length=cfg.sequence_length,
         )
@@ -52,10 +74,25 @@ class EngineBackend:
         seed = secrets.randbits(63) if seed is None else seed
         return EngineSession(self.engine.start_episode(instruction), torch.Generator().manual_seed(seed))
 
+    def discard_step(self, state: EngineSession) -> None:
+        state.undo_step()
+
     def infer_batch(self, states: list[EngineSession], observations: list[Observation]
                     ) -> tuple[list[np.ndarray], dict[str, float]]:
-        """One engine step per session. Sessions whose cameras send different resolutions cannot share
-        an image tensor, so each resolution is its own engine batch (one in the usual fleet)."""
+        """One engine step per session, all or nothing: if any part fails, every session is left as it was."""
+        for s in states:
+            s.begin_step()
+        try:
+            return self._step(states, observations)
+        except BaseException:
+            for s in states:
+                s.undo_step()
+            raise
+
+    def _step(self, states: list[EngineSession], observations: list[Observation]
+              ) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Sessions whose cameras send different resolutions cannot share an image tensor, so each
+        resolution is its own engine batch (one in the usual fleet)."""
         cfg = self.engine.cfg
         # Each session draws its (1, K, 7) noise from its own generator, one draw per step.
         noises = [torch.randn((1, cfg.action.chunk, cfg.action.dim), generator=s.generator).to(self.engine.device)

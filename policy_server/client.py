@@ -5,6 +5,9 @@ Lazy Pirate): on a timeout the socket is closed with LINGER 0 and reopened, so a
 the old socket, and each `infer` reply must also echo the request's seq. What to do after a timeout
 (retry, SAFE-HOLD, abort the episode) is the caller's decision; `infer` is never retried here because
 every `infer` appends a frame to the session's history on the server.
+
+With a shared key the socket speaks ZeroMQ CURVE (`bind_policy`): a failed handshake (the server has
+another key, or none) is reported at once as `auth_failed` instead of waiting out the deadline.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from typing import NoReturn, TypeVar
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from policy_server.bind_policy import HANDSHAKE_FAILED, check_connect_policy, secure_client
 from policy_server.protocol import (
     DEFAULT_LIMITS,
+    REPLIES,
     Chunk,
     Error,
     Hello,
@@ -30,6 +36,7 @@ from policy_server.protocol import (
     Infer,
     Limits,
     Message,
+    ModelContract,
     Observation,
     Ping,
     Pong,
@@ -65,7 +72,13 @@ class ServerError(PolicyError):
 
 
 class ContractMismatch(ServerError):
-    """The server refused this robot's contract; the reason says which field."""
+    """The server refused this robot's contract: `fields` names the robot contract's fields that differ,
+    `contract` is the model's (what hello_ack would have carried), the message says why."""
+
+    def __init__(self, code: str, message: str, contract: ModelContract | None = None,
+                 fields: list[str] | None = None) -> None:
+        super().__init__(code, message)
+        self.contract, self.fields = contract, fields or []
 
 
 class SessionLost(ServerError):
@@ -77,13 +90,16 @@ class PolicyClient:
     """Synchronous client: `hello`, `reset`, `infer`, `ping`, `stats`."""
 
     def __init__(self, endpoint: str, contract: RobotContract, *, client_id: str, key: bytes | None = None,
-                 deadline_s: float | None = None, retries: int = 3, control_timeout_s: float = 2.0,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
-        """`deadline_s` bounds `infer` (default: one chunk horizon, chunk_length / control_rate_hz);
-        `control_timeout_s` bounds each attempt of hello/reset/stats/ping, of which hello, reset and
-        stats are sent up to `retries` times (they are idempotent)."""
+                 allow_unauthenticated_remote: bool = False, deadline_s: float | None = None, retries: int = 3,
+                 control_timeout_s: float = 2.0, limits: Limits = DEFAULT_LIMITS) -> None:
+        """`key`: the shared key's bytes (the key file, surrounding whitespace stripped); required for a
+        non-loopback `endpoint` unless `allow_unauthenticated_remote`. `deadline_s` bounds `infer`
+        (default: one chunk horizon, chunk_length / control_rate_hz); `control_timeout_s` bounds each
+        attempt of hello/reset/stats/ping, of which hello, reset and stats are sent up to `retries` times
+        (they are idempotent)."""
         if retries < 1:
             raise ValueError("retries must be >= 1")
+        check_connect_policy(endpoint, key, allow_unauthenticated_remote)
         self.endpoint, self.contract, self.client_id = endpoint, contract, client_id
         self.deadline_s = deadline_s if deadline_s is not None else contract.chunk_length / contract.control_rate_hz
         self.retries, self.control_timeout_s = retries, control_timeout_s
@@ -94,23 +110,35 @@ class PolicyClient:
         # The process-wide context: a client dropped without close() (an exception in its owner) must not
         # leave a private context whose garbage-collected term() blocks interpreter exit.
         self._ctx = zmq.Context.instance()
+        self._monitor: zmq.Socket | None = None  # handshake failures, with a key only
+        self._poller: zmq.Poller | None = None
         self._socket = self._connect()
 
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self._limits.max_message_bytes)
+        if self._key is not None:
+            secure_client(sock, self._key)
+            self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+            self._poller = zmq.Poller()
+            self._poller.register(sock, zmq.POLLIN)
+            self._poller.register(self._monitor, zmq.POLLIN)
         sock.connect(self.endpoint)
         return sock
 
     def _reconnect(self) -> None:
         """Lazy Pirate: a fresh socket (and identity), so nothing sent to the old one can reach us."""
-        self._socket.close(linger=0)
+        self.close()
         self._socket = self._connect()
         self.server = None
         self.counters["reconnects"] += 1
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = self._poller = None
         self._socket.close(linger=0)  # only this client's socket: the context is shared
 
     def __enter__(self) -> PolicyClient:
@@ -123,7 +151,8 @@ class PolicyClient:
     # ------------------------------------------------------------------------------ API
 
     def hello(self) -> HelloAck:
-        """Announce the robot's contract; `ContractMismatch` (with the server's reason) if refused."""
+        """Announce the robot's contract; `ContractMismatch` (the model's contract, the fields that differ
+        and the reason) if refused."""
         self.server = self._retrying(Hello(client_id=self.client_id, contract=self.contract), HelloAck)
         return self.server
 
@@ -193,16 +222,16 @@ class PolicyClient:
         that answer something else (a different seq) are discarded and counted."""
         deadline = time.monotonic() + timeout_s
         try:
-            self._socket.send_multipart(encode(request, self._key), flags=zmq.NOBLOCK, copy=False)
+            self._socket.send_multipart(encode(request), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return self._timeout(request, timeout_s)
         while True:
             remaining_ms = math.ceil((deadline - time.monotonic()) * 1e3)
-            if remaining_ms <= 0 or not self._socket.poll(remaining_ms, zmq.POLLIN):
+            if remaining_ms <= 0 or not self._wait(remaining_ms):
                 return self._timeout(request, timeout_s)
             frames = self._socket.recv_multipart(copy=False)
             try:
-                reply = decode([f.buffer for f in frames], key=self._key, limits=self._limits)
+                reply = decode([f.buffer for f in frames], limits=self._limits, accept=REPLIES)
             except ProtocolError as exc:
                 raise ServerError(exc.code, f"undecodable reply to {request.type}: {exc.message}") from None
             if isinstance(reply, Error) and reply.seq in (None, getattr(request, "seq", None)):
@@ -211,6 +240,19 @@ class PolicyClient:
                 return reply
             self.counters["discarded"] += 1
             log.info("discarded a %s that does not answer %s", reply.type, request.type)
+
+    def _wait(self, timeout_ms: int) -> bool:
+        """True once a reply is ready, False at the timeout. With a key, a failed CURVE handshake raises
+        `auth_failed` at once (the socket is reopened, so the next call tries afresh)."""
+        if self._poller is None:
+            return bool(self._socket.poll(timeout_ms, zmq.POLLIN))
+        ready = dict(self._poller.poll(timeout_ms))
+        if self._monitor in ready:
+            event = recv_monitor_message(self._monitor)["event"]
+            self._reconnect()
+            raise ServerError("auth_failed", f"the encrypted handshake with {self.endpoint} failed "
+                                             f"({zmq.Event(event).name}): the server has another key, or none")
+        return self._socket in ready
 
     def _timeout(self, request: Message, timeout_s: float) -> NoReturn:
         self.counters["timeouts"] += 1
@@ -221,7 +263,7 @@ class PolicyClient:
 
 def _error_for(reply: Error) -> ServerError:
     if reply.code == "contract_mismatch":
-        return ContractMismatch(reply.code, reply.message)
+        return ContractMismatch(reply.code, reply.message, reply.contract, reply.fields)
     if reply.code in ("unknown_session", "not_hello"):
         return SessionLost(reply.code, reply.message)
     return ServerError(reply.code, reply.message)

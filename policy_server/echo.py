@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from policy_server.contract import physical_state_range
 from policy_server.protocol import STATE_LAYOUT, ModelContract, Observation
 
 
@@ -29,6 +30,9 @@ class EchoBackend:
     def new_session(self, instruction: str, seed: int | None) -> None:
         return None  # an echo has no memory
 
+    def discard_step(self, state: Any) -> None:
+        return None  # nothing to forget
+
     def infer_batch(self, states: list[Any], observations: list[Observation]
                     ) -> tuple[list[np.ndarray], dict[str, float]]:
         if self._delay_s:
@@ -38,10 +42,17 @@ class EchoBackend:
 
 
 def echo_contract(image_size: int = 224) -> ModelContract:
-    """The contract `dv-serve --echo` announces: DreamVLA's cameras, state layout and action convention."""
+    """The contract `dv-serve --echo` announces: DreamVLA's cameras, state layout, physical state ranges and
+    action convention. Its action range is what the echo returns for states within those ranges."""
+    state_range, chunk_length = physical_state_range(list(STATE_LAYOUT)), 3
     return ModelContract(
         cameras=["static", "wrist"], image_size=image_size,
-        state_layout=list(STATE_LAYOUT),
-        chunk_length=3, action_dim=7, gripper="1_open_0_closed",
-        action_convention="delta_previous_target_euler_xyz", sequence_length=1,
+        state_layout=list(STATE_LAYOUT), state_range=state_range,
+        chunk_length=chunk_length, action_dim=7, action_range=echo_action_range(state_range, chunk_length),
+        gripper="1_open_0_closed", action_convention="delta_previous_target_euler_xyz", sequence_length=1,
     )
+
+
+def echo_action_range(state_range: list[list[float]], chunk_length: int) -> list[list[float]]:
+    """Row k = (k + 1) * state over states within `state_range`: each dimension's extremes at k = 0 or K - 1."""
+    return [[min(low, chunk_length * low), max(high, chunk_length * high)] for low, high in state_range]

@@ -41,6 +41,16 @@ class EpisodeHistory:
     text: torch.Tensor  # (1, H)
     frames: deque[torch.Tensor]  # each (A-1, H); maxlen = the model's sequence length
 
+    def checkpoint(self) -> tuple[torch.Tensor, ...]:
+        """The frames as they are now (references, no copy), for `rollback`."""
+        return tuple(self.frames)
+
+    def rollback(self, frames: tuple[torch.Tensor, ...]) -> None:
+        """Back to a `checkpoint`: the frames appended since leave the cache, and a frame they pushed out
+        of a full window comes back, so the next step attends to exactly what it would have without them."""
+        self.frames.clear()
+        self.frames.extend(frames)
+
 
 def default_precision(device: torch.device) -> Precision:
     return "bf16" if device.type == "cuda" else "fp32"

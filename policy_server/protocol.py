@@ -7,25 +7,23 @@ A message is one ZeroMQ multipart message (the ROUTER's identity envelope aside)
     frame 0      msgpack map: {"v": 1, "type": ..., ...fields}; arrays appear in it as descriptors
                  {"$nd": i, "dtype": "uint8", "shape": [...]} pointing at frame i + 1
     frame 1..n   the raw C-order bytes of array i (zero-copy on both ends)
-    last frame   only when a shared key is configured: HMAC-SHA256 over every preceding frame
 Nothing on this path ever unpickles: only msgpack primitives and allow-listed numeric dtypes decode.
+Authentication and encryption are the transport's (ZeroMQ CURVE, `bind_policy`), not the codec's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Annotated, Any, Literal
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
-MAC_SIZE = 32
-# The state vector's layout (CONVENTIONS.md): ee pose in the base frame, Euler xyz, gripper 1=open/0=closed.
+MAX_INT64 = 2**63  # seq, seed and capture stamps are ints in [0, 2**63)
+# The state vector's layout (docs/conventions.md): ee pose in the base frame, Euler xyz, gripper 1=open/0=closed.
 STATE_LAYOUT = ("x", "y", "z", "roll", "pitch", "yaw", "gripper_open")
 
 # Allow-listed array dtypes (wire name -> little-endian numpy dtype). Anything else is refused.
@@ -55,17 +53,19 @@ DEFAULT_LIMITS = Limits()
 
 
 class ProtocolError(Exception):
-    """A message that cannot be accepted; `code` is the `error` reply's machine-readable code."""
+    """A message that cannot be accepted; `code` is the `error` reply's machine-readable code, and `reply`
+    holds the reply's other fields when there are any (the `seq`/`session` it answers, a contract...)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **reply: Any) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.reply = code, message, reply
 
 
 # Error codes a server sends (docs/protocol.md lists when each is used).
 ERROR_CODES = (
     "bad_message", "bad_version", "unknown_type", "invalid_field", "bad_array", "too_large", "non_finite",
-    "auth_failed", "contract_mismatch", "not_hello", "unknown_session", "shutting_down", "overloaded", "internal",
+    "out_of_range", "contract_mismatch", "not_hello", "stale_seq", "unknown_session", "shutting_down",
+    "overloaded", "bad_output", "internal",
 )
 
 # ------------------------------------------------------------------------------------- schemas
@@ -100,19 +100,37 @@ class RobotContract(BaseModel):
     action_convention: str = "delta_previous_target_euler_xyz"
 
 
+Range = Annotated[list[float], Field(min_length=2, max_length=2)]  # [low, high], both included
+Stamp = Annotated[int, Field(ge=0, lt=MAX_INT64)]  # seq, seed, a capture time in ns
+
+
 class ModelContract(BaseModel):
-    """What the loaded model expects and returns."""
+    """What the loaded model expects and returns. `state_range` (one [low, high] per `state_layout` entry)
+    bounds what the server accepts as a state; `action_range` (one per action dimension, robot units)
+    bounds what it sends as actions: a model output beyond it is a failure, never a chunk."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     cameras: list[str]
     image_size: int
     state_layout: list[str]
+    state_range: list[Range]
     chunk_length: int
     action_dim: int
+    action_range: list[Range]
     action_units: Literal["m_rad"] = "m_rad"
     gripper: str
     action_convention: str
     sequence_length: int
+
+    @model_validator(mode="after")
+    def _ranges_fit(self) -> ModelContract:
+        for name, ranges, width in (("state_range", self.state_range, len(self.state_layout)),
+                                    ("action_range", self.action_range, self.action_dim)):
+            if len(ranges) != width:
+                raise ValueError(f"{name} has {len(ranges)} entries for {width} values")
+            if not all(math.isfinite(lo) and math.isfinite(hi) and lo <= hi for lo, hi in ranges):
+                raise ValueError(f"{name} entries must be finite [low, high] with low <= high")
+        return self
 
 
 class Hello(Message):
@@ -134,7 +152,7 @@ class Reset(Message):
     session: Annotated[str, Field(min_length=1, max_length=128)]
     episode_id: Annotated[str, Field(max_length=128)]
     instruction: Annotated[str, Field(max_length=1024)]
-    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None  # diffusion noise seed, for reproducible runs
+    seed: Stamp | None = None  # diffusion noise seed, for reproducible runs
 
 
 class ResetAck(Message):
@@ -152,8 +170,8 @@ class Observation(BaseModel):
 class Infer(Message):
     type: Literal["infer"] = "infer"
     session: Annotated[str, Field(min_length=1, max_length=128)]
-    seq: Annotated[int, Field(ge=0, lt=2**63)]
-    capture_ts_ns: dict[str, int]  # per stream ("state" and each camera), robot monotonic clock
+    seq: Stamp
+    capture_ts_ns: dict[str, Stamp]  # per stream ("state" and each camera), robot monotonic clock
     observation: Observation
 
 
@@ -195,14 +213,17 @@ class Error(Message):
     message: str
     seq: int | None = None
     session: str | None = None
+    contract: ModelContract | None = None  # contract_mismatch: the model's contract, as hello_ack would carry it
+    fields: list[str] | None = None  # contract_mismatch: the robot contract's fields that differ from it
 
 
-MESSAGES: dict[str, type[Message]] = {
-    m.model_fields["type"].default: m
-    for m in (Hello, HelloAck, Reset, ResetAck, Infer, Chunk, Ping, Pong, StatsRequest, Stats, Error)
-}
+REQUESTS: tuple[type[Message], ...] = (Hello, Reset, Infer, Ping, StatsRequest)  # what a server accepts
+REPLIES: tuple[type[Message], ...] = (HelloAck, ResetAck, Chunk, Pong, Stats, Error)  # what a client accepts
+MESSAGES: dict[str, type[Message]] = {m.model_fields["type"].default: m for m in REQUESTS + REPLIES}
 
 # --------------------------------------------------------------------------------------- codec
+
+DESCRIPTOR_KEYS = frozenset(("$nd", "dtype", "shape"))
 
 
 def _encode_arrays(value: Any, frames: list[Any]) -> Any:
@@ -221,38 +242,44 @@ def _encode_arrays(value: Any, frames: list[Any]) -> Any:
     return value
 
 
-def encode(message: Message, key: bytes | None = None) -> list[Any]:
+def encode(message: Message) -> list[Any]:
     """Message -> frames ready for `socket.send_multipart(frames, copy=False)`."""
     buffers: list[Any] = []
     header = _encode_arrays(message.model_dump(), buffers)
-    frames = [msgpack.packb(header, use_bin_type=True), *buffers]
-    if key is not None:
-        frames.append(sign(frames, key))
-    return frames
-
-
-def sign(frames: Sequence[Any], key: bytes) -> bytes:
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    for f in frames:
-        mac.update(memoryview(f).nbytes.to_bytes(8, "little"))
-        mac.update(f)
-    return mac.digest()
+    return [msgpack.packb(header, use_bin_type=True), *buffers]
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
     raise ProtocolError("bad_message", f"msgpack extension type {code} is not allowed")
 
 
-def _depth(value: Any, limit: int, level: int = 0) -> None:
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """msgpack's map hook: a map that names a key twice is refused (a dict would keep the last silently)."""
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        keys = [k for k, _ in pairs]
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise ProtocolError("bad_message", f"map key {twice!r} appears more than once")
+    return mapping
+
+
+def _check_structure(value: Any, limit: int, level: int = 0) -> None:
+    """Nesting within `limit`, and str keys only (msgpack's strict_map_key lets bin keys through)."""
     if level > limit:
         raise ProtocolError("bad_message", f"nesting deeper than {limit}")
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    if isinstance(value, dict):
+        for key in value:
+            if type(key) is not str:
+                raise ProtocolError("bad_message", f"map key {key!r} is not a str")
+        children = value.values()
+    else:
+        children = value if isinstance(value, list) else ()
     for child in children:
-        _depth(child, limit, level + 1)
+        _check_structure(child, limit, level + 1)
 
 
 def _decode_array(desc: dict[str, Any], frames: Sequence[bytes], limits: Limits) -> np.ndarray:
-    if set(desc) != {"$nd", "dtype", "shape"}:
+    if desc.keys() != DESCRIPTOR_KEYS:
         raise ProtocolError("bad_array", f"array descriptor needs exactly $nd, dtype, shape; got {sorted(desc)}")
     index, dtype, shape = desc["$nd"], desc["dtype"], desc["shape"]
     if type(index) is not int or not 0 <= index < len(frames):
@@ -275,9 +302,15 @@ def _decode_array(desc: dict[str, Any], frames: Sequence[bytes], limits: Limits)
     return np.frombuffer(buf, dtype=DTYPES[dtype]).reshape(shape)
 
 
+def _is_descriptor(value: dict[str, Any]) -> bool:
+    """A map with `$nd`, or a non-empty map with no key but $nd, dtype and shape: a descriptor, maybe a
+    broken one (so a descriptor that lost its `$nd` is a `bad_array`, not an unexplained schema error)."""
+    return "$nd" in value or (bool(value) and value.keys() <= DESCRIPTOR_KEYS)
+
+
 def _decode_arrays(value: Any, frames: Sequence[bytes], limits: Limits) -> Any:
     if isinstance(value, dict):
-        if "$nd" in value:
+        if _is_descriptor(value):
             return _decode_array(value, frames, limits)
         return {k: _decode_arrays(v, frames, limits) for k, v in value.items()}
     if isinstance(value, list):
@@ -285,29 +318,24 @@ def _decode_arrays(value: Any, frames: Sequence[bytes], limits: Limits) -> Any:
     return value
 
 
-def decode(frames: Sequence[bytes], *, key: bytes | None = None, limits: Limits = DEFAULT_LIMITS,
-           expect: type[Message] | None = None) -> Message:
-    """Frames (bytes or buffers, e.g. `zmq.Frame.buffer`) -> validated message, or ProtocolError with the
-    code to reply with. Arrays are read-only views on the frames: no copy is made."""
-    if not frames:
-        raise ProtocolError("bad_message", "empty message")
-    total = sum(len(f) for f in frames)
-    if total > limits.max_message_bytes:
-        raise ProtocolError("too_large", f"message of {total} bytes exceeds {limits.max_message_bytes}")
-    if key is not None:
-        if len(frames) < 2 or len(frames[-1]) != MAC_SIZE:
-            raise ProtocolError("auth_failed", "message carries no HMAC frame")
-        if not hmac.compare_digest(sign(frames[:-1], key), bytes(frames[-1])):
-            raise ProtocolError("auth_failed", "HMAC does not match")
-        frames = frames[:-1]
-    head = frames[0]
-    if len(head) > limits.max_header_bytes:
-        raise ProtocolError("too_large", f"header of {len(head)} bytes exceeds {limits.max_header_bytes}")
-    if len(frames) - 1 > limits.max_arrays:
-        raise ProtocolError("too_large", f"{len(frames) - 1} array frames exceed {limits.max_arrays}")
+def _readable_ids(header: dict[str, Any]) -> dict[str, Any]:
+    """The header's `seq` and `session` where they are well-formed, for an error reply to echo even when
+    something else in the message is wrong (a pipelining client matches replies by them)."""
+    ids: dict[str, Any] = {}
+    seq, session = header.get("seq"), header.get("session")
+    if type(seq) is int and 0 <= seq < MAX_INT64:
+        ids["seq"] = seq
+    if isinstance(session, str) and 1 <= len(session) <= 128:
+        ids["session"] = session
+    return ids
+
+
+def _parse_header(head: Any, limits: Limits) -> dict[str, Any]:
+    """Frame 0 -> a map of msgpack primitives with str keys, each key once, within the limits."""
     try:
         raw = msgpack.unpackb(
             head, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext, timestamp=0,
+            object_pairs_hook=_unique_keys,
             max_str_len=limits.max_str_len, max_bin_len=limits.max_str_len,
             max_array_len=limits.max_container_len, max_map_len=limits.max_container_len, max_ext_len=0,
         )
@@ -317,19 +345,52 @@ def decode(frames: Sequence[bytes], *, key: bytes | None = None, limits: Limits 
         raise ProtocolError("bad_message", f"not a valid msgpack header: {type(exc).__name__}: {exc}") from None
     if not isinstance(raw, dict):
         raise ProtocolError("bad_message", f"header must be a msgpack map, got {type(raw).__name__}")
-    _depth(raw, limits.max_depth)
+    _check_structure(raw, limits.max_depth)
+    return raw
+
+
+def _validate(raw: dict[str, Any], frames: Sequence[bytes], limits: Limits,
+              accept: Collection[type[Message]] | None, expect: type[Message] | None) -> Message:
+    """A parsed header (and its array frames) -> the message: version, type, arrays, schema, in that order."""
     if type(raw.get("v")) is not int or raw["v"] != PROTOCOL_VERSION:  # True == 1 and 1.0 == 1 in Python
         raise ProtocolError("bad_version", f"protocol version {raw.get('v')!r} is not {PROTOCOL_VERSION}")
     kind = raw.get("type")
     schema = MESSAGES.get(kind) if isinstance(kind, str) else None
     if schema is None:
         raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+    if accept is not None and schema not in accept:
+        names = ", ".join(m.model_fields["type"].default for m in accept)
+        raise ProtocolError("unknown_type", f"{kind!r} is not accepted here (accepted: {names})")
     if expect is not None and schema is not expect and schema is not Error:
         raise ProtocolError("unknown_type", f"expected {expect.model_fields['type'].default!r}, got {kind!r}")
-    payload = _decode_arrays(raw, frames[1:], limits)
+    payload = _decode_arrays(raw, frames, limits)
     try:
         return schema.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ProtocolError("invalid_field", f"{kind}: {where}: {first['msg']}") from None
+
+
+def decode(frames: Sequence[bytes], *, limits: Limits = DEFAULT_LIMITS,
+           accept: Collection[type[Message]] | None = None, expect: type[Message] | None = None) -> Message:
+    """Frames (bytes or buffers, e.g. `zmq.Frame.buffer`) -> validated message, or ProtocolError with the
+    code to reply with (and, once the header parsed, its readable `seq`/`session` in `reply`). `accept`
+    limits the message types (a server accepts REQUESTS only). Arrays are read-only views on the frames:
+    no copy is made."""
+    if not frames:
+        raise ProtocolError("bad_message", "empty message")
+    total = sum(len(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise ProtocolError("too_large", f"message of {total} bytes exceeds {limits.max_message_bytes}")
+    head = frames[0]
+    if len(head) > limits.max_header_bytes:
+        raise ProtocolError("too_large", f"header of {len(head)} bytes exceeds {limits.max_header_bytes}")
+    if len(frames) - 1 > limits.max_arrays:
+        raise ProtocolError("too_large", f"{len(frames) - 1} array frames exceed {limits.max_arrays}")
+    raw = _parse_header(head, limits)
+    try:
+        return _validate(raw, frames[1:], limits, accept, expect)
+    except ProtocolError as exc:
+        exc.reply = _readable_ids(raw) | exc.reply
+        raise

@@ -7,6 +7,10 @@ Threads: the socket thread owns the ROUTER and every table (peers, sessions, sta
 validates and answers everything that needs no model. `infer` and `reset` become jobs for one worker
 thread that forms micro-batches and calls the backend, then hands the finished jobs back through an
 in-process queue plus a wake-up socket, so the socket loop never waits on inference.
+
+Neither thread dies of a bug: a batch that fails is answered with `internal` to each of its requests, a
+reply that cannot be built costs that reply, and a chunk the model should not have produced (non-finite,
+outside the contract's action range) is answered with `bad_output` and its frame leaves the history.
 """
 
 from __future__ import annotations
@@ -18,16 +22,17 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import zmq
 
-from policy_server.bind_policy import check_bind_policy
-from policy_server.contract import contract_mismatches, validate_observation
+from policy_server.bind_policy import check_bind_policy, secure_server, start_authenticator
+from policy_server.contract import ObservationCheck, OutputCheck, contract_mismatches
 from policy_server.protocol import (
     DEFAULT_LIMITS,
+    REQUESTS,
     Chunk,
     Error,
     Hello,
@@ -42,7 +47,6 @@ from policy_server.protocol import (
     ProtocolError,
     Reset,
     ResetAck,
-    RobotContract,
     Stats,
     StatsRequest,
     decode,
@@ -78,7 +82,12 @@ class Backend(Protocol):
                     ) -> tuple[list[np.ndarray], dict[str, float]]:
         """One step for each session: (chunk_length, 7) float32 chunks in robot units, and the seconds
         spent per stage (a subset of encode, backbone, diffusion). A chunk must not depend on who else
-        was in the batch."""
+        was in the batch. All or nothing: a call that raises leaves every session as it was."""
+        ...
+
+    def discard_step(self, state: Any) -> None:
+        """Forget the session's last `infer_batch` step (its chunk was refused): the next step must see
+        the history it would have seen had that observation never arrived."""
         ...
 
 
@@ -86,10 +95,12 @@ class Backend(Protocol):
 
 @dataclass
 class _Peer:
-    """A connected client (one ZMQ identity) after its `hello`."""
+    """A connected client (one ZMQ identity) after its `hello`; `last_seq` is the highest `infer` seq
+    this socket has sent (-1: none yet), kept across a second `hello` on the same socket."""
 
     client_id: str
-    contract: RobotContract
+    check: ObservationCheck
+    last_seq: int = -1
 
 
 @dataclass
@@ -111,8 +122,7 @@ class _Job:
     request: Reset | Infer
     timing_ms: dict[str, float]
     enqueued: float
-    stages_s: dict[str, float] = field(default_factory=dict)  # filled by the worker
-    actions: np.ndarray | None = None
+    reply: Chunk | None = None  # filled by the worker
     error: ProtocolError | None = None
 
 
@@ -126,6 +136,7 @@ class _Batcher:
     def __init__(self, backend: Backend, *, max_batch: int, max_wait_s: float,
                  active_sessions: Callable[[], int], finished: Callable[[list[_Job]], None]) -> None:
         self._backend, self._max_batch, self._max_wait_s = backend, max_batch, max_wait_s
+        self._check_output = OutputCheck(backend.contract())
         self._active_sessions, self._finished = active_sessions, finished
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._backlog: deque[_Job] = deque()  # jobs held back because their session is already in a batch
@@ -145,7 +156,11 @@ class _Batcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self._execute(batch)
+            try:
+                self._execute(batch)
+            except Exception as exc:  # a bug must cost this batch, never the worker (every client would hang)
+                log.exception("batch failed size=%d", len(batch))
+                self._fail(batch, ProtocolError("internal", f"the batch failed: {type(exc).__name__}: {exc}"))
             self._finished(batch)
 
     def _hold(self, job: _Job | None) -> None:
@@ -198,7 +213,8 @@ class _Batcher:
         for job in batch:
             if isinstance(job.request, Infer):
                 if not job.session.ready:
-                    job.error = ProtocolError("unknown_session", "the session's reset failed; send reset again")
+                    job.error = ProtocolError("unknown_session", "the session cannot go on (its reset failed, or its "
+                                                                 "history could not be repaired): send reset")
                 else:
                     ready.append(job)
         if ready:
@@ -217,13 +233,46 @@ class _Batcher:
         try:
             chunks, stages = self._backend.infer_batch([j.session.state for j in jobs],
                                                        [j.request.observation for j in jobs])
-        except Exception as exc:
+        except Exception as exc:  # the backend left its sessions as they were
             log.exception("inference failed batch=%d", len(jobs))
             for job in jobs:
                 job.error = ProtocolError("internal", f"inference failed: {type(exc).__name__}: {exc}")
             return
+        if len(chunks) != len(jobs):  # it stepped every session but its answer is unusable
+            self._fail(jobs, ProtocolError("internal", f"the backend returned {len(chunks)} chunks for "
+                                                       f"{len(jobs)} requests"), stepped=True)
+            return
         for job, chunk in zip(jobs, chunks, strict=True):
-            job.actions, job.stages_s = chunk, stages
+            try:
+                job.reply = self._chunk(job, self._check_output(chunk), stages)
+            except Exception as exc:  # a refused chunk, or one no reply can carry
+                error = exc if isinstance(exc, ProtocolError) else ProtocolError(
+                    "internal", f"the backend's reply is unusable: {type(exc).__name__}: {exc}")
+                log.error("chunk refused session=%s code=%s: %s", job.key, error.code, error.message)
+                self._fail([job], error, stepped=True)
+
+    @staticmethod
+    def _chunk(job: _Job, actions: np.ndarray, stages_s: dict[str, float]) -> Chunk:
+        """The reply, with `send` still 0: the socket thread times the encoding."""
+        request = job.request
+        timing = dict.fromkeys(STAGES, 0.0) | job.timing_ms | {k: s * 1e3 for k, s in stages_s.items()}
+        return Chunk(session=request.session, seq=request.seq, capture_ts_ns=request.capture_ts_ns,
+                     actions=actions, timing_ms=timing)
+
+    def _fail(self, jobs: list[_Job], error: ProtocolError, stepped: bool | None = None) -> None:
+        """Answer `jobs` with `error`. Their sessions forget the step when the backend took it (`stepped`;
+        None: those that got as far as a reply), so a refused output never stays in a history."""
+        for job in jobs:
+            if isinstance(job.request, Infer) and (stepped or (stepped is None and job.reply is not None)):
+                self._discard(job)
+            job.reply, job.error = None, error
+
+    def _discard(self, job: _Job) -> None:
+        try:
+            self._backend.discard_step(job.session.state)
+        except Exception:  # a history that cannot be repaired must not be continued
+            log.exception("discard failed session=%s: it must be reset", job.key)
+            job.session.ready = False
 
 
 # ------------------------------------------------------------------------------------- server
@@ -257,6 +306,7 @@ class PolicyServer:
         self._stopping = threading.Event()
         self._done: queue.SimpleQueue[list[_Job]] = queue.SimpleQueue()
         self._ctx = zmq.Context()
+        self._auth = start_authenticator(self._ctx, key) if key is not None else None  # before the bind
         self._sock = self._router(bind)
         wake_address = f"inproc://policy-server-wake-{secrets.token_hex(8)}"
         self._wake_rx = self._ctx.socket(zmq.PAIR)
@@ -271,13 +321,20 @@ class PolicyServer:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable reply raises instead of vanishing
         sock.setsockopt(zmq.MAXMSGSIZE, self._limits.max_message_bytes)  # libzmq drops an oversized peer
+        if self._key is not None:
+            secure_server(sock, self._key)
         try:
             sock.bind(bind)
         except zmq.ZMQError as exc:
             sock.close()
+            self._stop_auth()
             self._ctx.term()
             raise ValueError(f"cannot bind {bind}: {exc}") from exc
         return sock
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
 
     @property
     def endpoint(self) -> str:
@@ -297,7 +354,7 @@ class PolicyServer:
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
         log.info("serving endpoint=%s model=%s auth=%s", self.endpoint, self._identity[0],
-                 "hmac" if self._key else "none")
+                 "curve" if self._key else "none")
         drain_deadline = None
         try:
             while True:
@@ -322,6 +379,7 @@ class PolicyServer:
         self._batcher.close(timeout_s=1.0)
         for sock in (self._sock, self._wake_rx, self._wake_tx):
             sock.close(linger=0)
+        self._stop_auth()
         self._ctx.term()
 
     def _on_finished(self, jobs: list[_Job]) -> None:
@@ -349,7 +407,7 @@ class PolicyServer:
         self._counters["requests"] += 1
         request: Message | None = None
         try:
-            request = decode(payload, key=self._key, limits=self._limits)
+            request = decode(payload, limits=self._limits, accept=REQUESTS)
             reply = self._dispatch(identity, request, {"receive": receive_ms}, start)
         except ProtocolError as exc:
             self._send_error(identity, exc, request)
@@ -370,12 +428,14 @@ class PolicyServer:
             raise ProtocolError("shutting_down", "the server is shutting down; reconnect to another or retry later")
         if isinstance(request, Hello):
             return self._hello(identity, request)
-        if not isinstance(request, Reset | Infer):
-            raise ProtocolError("unknown_type", f"{request.type!r} is a reply, not a request")
+        assert isinstance(request, Reset | Infer), request.type  # decode accepts requests only
         now = time.monotonic()
         peer = self._peers.get(identity, now)
         if peer is None:
-            raise ProtocolError("not_hello", "send hello first (the server restarted or forgot this connection)")
+            raise ProtocolError("not_hello", "send hello first (a new or reconnected socket, a server restart, "
+                                             "or this socket was idle too long)")
+        if isinstance(request, Infer):
+            self._check_seq(peer, request.seq)
         if self._in_flight >= self._max_in_flight:
             raise ProtocolError("overloaded", f"{self._in_flight} requests in flight; retry later")
         key = (peer.client_id, request.session)
@@ -390,19 +450,34 @@ class PolicyServer:
             if session is None:
                 raise ProtocolError("unknown_session", f"session {request.session!r} is unknown or expired "
                                                        f"(evicted, or the server restarted): send reset")
-            validate_observation(request.observation, peer.contract)
+            peer.check(request)
         now_pc = time.perf_counter()
         timing["decode"] = (now_pc - start) * 1e3 - timing["receive"]
         self._in_flight += 1
         self._batcher.submit(_Job(identity, key, session, request, timing, now_pc))
         return None
 
+    @staticmethod
+    def _check_seq(peer: _Peer, seq: int) -> None:
+        """Strictly increasing per socket (docs/protocol.md §4.2); a refused seq is not recorded."""
+        if seq <= peer.last_seq:
+            raise ProtocolError("stale_seq", f"seq {seq} is not greater than {peer.last_seq}, the last this "
+                                             f"socket sent: a repeated or reordered infer")
+        peer.last_seq = seq
+
     def _hello(self, identity: bytes, hello: Hello) -> HelloAck:
-        reasons = contract_mismatches(hello.contract, self._contract)
-        if reasons:
-            log.warning("contract mismatch client=%s reasons=%s", hello.client_id, reasons)
-            raise ProtocolError("contract_mismatch", "; ".join(reasons))
-        self._peers.put(identity, _Peer(hello.client_id, hello.contract), time.monotonic())
+        """A second hello on a socket replaces the first; a refused one leaves the socket with none."""
+        now = time.monotonic()
+        earlier = self._peers.get(identity, now)
+        mismatches = contract_mismatches(hello.contract, self._contract)
+        if mismatches:
+            self._peers.discard(identity, earlier)
+            log.warning("contract mismatch client=%s reasons=%s", hello.client_id, mismatches)
+            raise ProtocolError("contract_mismatch", "; ".join(mismatches.values()), contract=self._contract,
+                                fields=sorted(mismatches))
+        peer = _Peer(hello.client_id, ObservationCheck(hello.contract, self._contract))
+        peer.last_seq = earlier.last_seq if earlier is not None else -1
+        self._peers.put(identity, peer, now)
         log.info("hello client=%s cameras=%s", hello.client_id, [c.name for c in hello.contract.cameras])
         model_id, checkpoint_hash, normalization_hash = self._identity
         return HelloAck(model_id=model_id, checkpoint_hash=checkpoint_hash,
@@ -431,7 +506,13 @@ class PolicyServer:
             self._last_batch = len(jobs)
             for job in jobs:
                 self._in_flight -= 1
-                self._reply_job(job)
+                try:
+                    self._reply_job(job)
+                except Exception as exc:  # a bug must cost this reply, never the socket thread
+                    log.exception("reply failed")
+                    self._send_error(job.identity, ProtocolError("internal", f"the reply failed: "
+                                                                             f"{type(exc).__name__}: {exc}"),
+                                     job.request)
 
     def _reply_job(self, job: _Job) -> None:
         request = job.request
@@ -447,27 +528,27 @@ class PolicyServer:
     def _send_chunk(self, job: _Job) -> None:
         """The chunk's `send` stage is the time to encode this reply (measured on a first encoding with
         send = 0, then encoded again with the number in: a reply cannot time its own transmission)."""
-        timing = dict.fromkeys(STAGES, 0.0) | job.timing_ms | {k: s * 1e3 for k, s in job.stages_s.items()}
-        request = job.request
-        chunk = Chunk(session=request.session, seq=request.seq, capture_ts_ns=request.capture_ts_ns,
-                      actions=np.asarray(job.actions, dtype=np.float32), timing_ms=timing)
+        chunk = job.reply
+        assert chunk is not None, "a finished infer without an error has its reply"
         start = time.perf_counter()
-        encode(chunk, self._key)
+        encode(chunk)
         chunk.timing_ms["send"] = (time.perf_counter() - start) * 1e3  # the model holds its own copy
         self._send(job.identity, chunk)
         self._latency.add(chunk.timing_ms)
 
     def _send_error(self, identity: bytes, exc: ProtocolError, request: Message | None = None) -> None:
+        """The `error` reply echoes the request's seq and session: from the request when it decoded, else
+        whatever of them the codec could read."""
         self._counters["errors"] += 1
         self._counters[f"error.{exc.code}"] += 1
         log.info("error code=%s message=%s", exc.code, exc.message)
-        self._send(identity, Error(code=exc.code, message=exc.message, seq=getattr(request, "seq", None),
-                                   session=getattr(request, "session", None)))
+        ids = {k: getattr(request, k) for k in ("seq", "session") if hasattr(request, k)}
+        self._send(identity, Error(code=exc.code, message=exc.message, **(exc.reply | ids)))
 
     def _send(self, identity: bytes, message: Message) -> None:
         """Never blocks: a client that left (EHOSTUNREACH) or stopped reading (HWM) loses its reply."""
         try:
-            self._sock.send_multipart([identity, *encode(message, self._key)], flags=zmq.NOBLOCK, copy=False)
+            self._sock.send_multipart([identity, *encode(message)], flags=zmq.NOBLOCK, copy=False)
             self._counters["replies"] += 1
         except zmq.ZMQError as exc:
             self._counters["unroutable"] += 1

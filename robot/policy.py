@@ -3,7 +3,7 @@
 openpi's shape (`reset`, `infer`, `close`), so the loop runs a remote DreamVLA, the sim's scripted expert or a
 recorded episode without knowing which, through the same timeline and the same safety envelope. `infer` never
 raises for a policy failure: it returns a `PolicyFailure` of a known kind, which the loop turns into SAFE-HOLD
-or an abort (safety_reliability.md §6, P1–P13). Chunks are in robot units (metres, radians).
+or an abort (docs/safety.md, fault matrix rows P1–P13). Chunks are in robot units (metres, radians).
 """
 
 from __future__ import annotations
@@ -93,8 +93,11 @@ class RemotePolicy:
     """
 
     def __init__(self, endpoint: str, contract: RobotContract, *, deadline_s: float, key: bytes | None = None,
-                 client_id: str = "dv-robot") -> None:
-        self._client = PolicyClient(endpoint, contract, client_id=client_id, key=key, deadline_s=deadline_s)
+                 allow_unauthenticated_remote: bool = False, client_id: str = "dv-robot") -> None:
+        """`key`: the server's shared key (the key file's bytes, surrounding whitespace stripped). Without one,
+        a non-loopback endpoint is refused (ValueError) unless `allow_unauthenticated_remote`."""
+        self._client = PolicyClient(endpoint, contract, client_id=client_id, key=key,
+                                    allow_unauthenticated_remote=allow_unauthenticated_remote, deadline_s=deadline_s)
         self._session = f"{client_id}-{uuid.uuid4().hex[:8]}"
         self._episode = 0
 

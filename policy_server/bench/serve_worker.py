@@ -28,6 +28,7 @@ from typing import TypeVar
 import numpy as np
 
 from policy_server.client import PolicyClient
+from policy_server.contract import STATE_RANGES
 from policy_server.protocol import STATE_LAYOUT, CameraContract, RobotContract
 
 CAMERAS = ("static", "wrist")
@@ -46,10 +47,12 @@ def robot_contract(image_size: int = IMAGE_SIZE) -> RobotContract:
 
 
 def payload(seed: int, image_size: int = IMAGE_SIZE) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """2 x (image_size, image_size, 3) uint8 images and a 7-D float32 state, reproducible from `seed`."""
+    """2 x (image_size, image_size, 3) uint8 images and a 7-D float32 state within the physical ranges the
+    server holds states to, reproducible from `seed`."""
     rng = np.random.default_rng(seed)
     images = {c: rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8) for c in CAMERAS}
-    return images, rng.normal(size=7).astype(np.float32)
+    low, high = np.array([STATE_RANGES[name] for name in STATE_LAYOUT]).T
+    return images, rng.uniform(low, high).astype(np.float32)
 
 
 def timed(call: Callable[[], T]) -> tuple[float, T]:

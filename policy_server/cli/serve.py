@@ -17,7 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.logging import RichHandler
 
-from policy_server.bind_policy import check_bind_policy
+from policy_server.bind_policy import check_bind_policy, read_key_file
 from policy_server.echo import EchoBackend, echo_contract
 from policy_server.protocol import Observation
 from policy_server.server import Backend, PolicyServer
@@ -51,13 +51,6 @@ def warm_up(backend: Backend, steps: int) -> None:
         backend.infer_batch([session], [obs])
 
 
-def _read_key(path: Path) -> bytes:
-    key = path.read_bytes().strip()
-    if not key:
-        raise ValueError(f"{path} is empty")
-    return key
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dv-serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batching", action="store_true", help="run requests one at a time")
     p.add_argument("--session-ttl-s", type=float, default=600.0, help="an idle session is dropped after this")
     p.add_argument("--max-sessions", type=int, default=64, help="least recently used sessions beyond are dropped")
-    p.add_argument("--auth-key-file", type=Path, help="shared key (>= 16 bytes): HMAC-SHA256 on every message")
+    p.add_argument("--auth-key-file", type=Path,
+                   help="shared key file (>= 16 bytes once surrounding whitespace is stripped): every connection "
+                        "is CURVE-encrypted and only clients holding the same key get in")
     p.add_argument("--echo", action="store_true", help="serve an echo policy (no model, no torch)")
     p.add_argument("--echo-delay-ms", type=float, default=0.0, help="with --echo: simulated time per batch")
     p.add_argument("--warmup-steps", type=int, default=3)
@@ -87,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=console, show_path=False)])
     try:
-        key = _read_key(args.auth_key_file) if args.auth_key_file else None
+        key = read_key_file(args.auth_key_file) if args.auth_key_file else None
         check_bind_policy(args.bind, key)  # before minutes of model loading, not after
         backend = EchoBackend(echo_contract(), delay_s=args.echo_delay_ms / 1e3) if args.echo else _engine_backend(args)
         warm_up(backend, args.warmup_steps)

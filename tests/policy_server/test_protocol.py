@@ -1,7 +1,8 @@
 """Wire protocol v1 codec (policy_server/protocol.py) against docs/protocol.md.
 
-Round trips of every message type (bit-exact, zero-copy), the HMAC frame, a corpus of bad inputs each
-mapped to the `error` code `protocol.decode` must raise, a pickle canary, and a hypothesis fuzz.
+Round trips of every message type (bit-exact, zero-copy), the CURVE key derivation, a corpus of bad inputs
+each mapped to the `error` code `protocol.decode` must raise (and the seq/session it must still echo), a
+pickle canary, and a hypothesis fuzz.
 `BAD_INPUTS` is shared with test_server_bad_inputs.py, which sends the same corpus over real sockets.
 
 Layers: everything in `BAD_INPUTS` is refused by the codec itself (`decode`). NaN/Inf pass the codec on
@@ -27,6 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policy_server import protocol as P
+from policy_server.bind_policy import curve_keys
+from policy_server.echo import echo_contract
 
 pk = msgpack.packb  # use_bin_type=True is msgpack-python's default: str -> str family, bytes -> bin family
 
@@ -53,7 +56,9 @@ def sample_messages() -> list[P.Message]:
         P.HelloAck(model_id="dreamvla-tiny", checkpoint_hash="ab" * 32, normalization_hash="cd" * 32,
                    contract=P.ModelContract(cameras=["static", "wrist"], image_size=224,
                                             state_layout=["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"],
-                                            chunk_length=3, action_dim=7, gripper="1_open_0_closed",
+                                            state_range=[[-2, 2]] * 3 + [[-3.2, 3.2]] * 3 + [[0, 1]],
+                                            chunk_length=3, action_dim=7, action_range=[[-1.5, 1.5]] * 7,
+                                            gripper="1_open_0_closed",
                                             action_convention="delta_previous_target_euler_xyz",
                                             sequence_length=3)),
         P.Reset(session="sess-1", episode_id="ep-0007", instruction="put the bottle in the basket"),
@@ -74,6 +79,8 @@ def sample_messages() -> list[P.Message]:
                 counters={"requests": 10, "errors": 0}),
         P.Error(code="unknown_session", message="reset first", seq=7, session="sess-1"),
         P.Error(code="bad_message", message="not msgpack"),
+        P.Error(code="contract_mismatch", message="chunk_length 4 != model 3", contract=echo_contract(),
+                fields=["chunk_length"]),
     ]
 
 
@@ -99,15 +106,20 @@ def as_bytes(frames) -> list[bytes]:
     return [bytes(f) for f in frames]
 
 
-@pytest.mark.parametrize("message", sample_messages(), ids=lambda m: m.type)
-@pytest.mark.parametrize("key", [None, b"shared-secret"], ids=["plain", "hmac"])
-def test_round_trip_every_message_type(message, key):
-    frames = as_bytes(P.encode(message, key=key))
-    decoded = P.decode(frames, key=key)
+@pytest.mark.parametrize("message", sample_messages(), ids=lambda m: f"{m.type}-{getattr(m, 'code', '')}")
+def test_round_trip_every_message_type(message):
+    frames = as_bytes(P.encode(message))
+    decoded = P.decode(frames)
     assert type(decoded) is type(message)
     assert_same(message.model_dump(), decoded.model_dump())
     # and with a typed expectation (what a client does for its reply)
-    assert type(P.decode(frames, key=key, expect=type(message))) is type(message)
+    assert type(P.decode(frames, expect=type(message))) is type(message)
+    # and in the direction it travels: a server accepts requests only, a client replies only
+    accepted, refused = (P.REQUESTS, P.REPLIES) if type(message) in P.REQUESTS else (P.REPLIES, P.REQUESTS)
+    assert type(P.decode(frames, accept=accepted)) is type(message)
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode(frames, accept=refused)
+    assert e.value.code == "unknown_type"
 
 
 def test_every_message_type_is_covered():
@@ -185,11 +197,11 @@ def test_decoded_arrays_are_views_on_the_frames():
 def test_decode_accepts_zmq_frames_and_memoryviews():
     zmq = pytest.importorskip("zmq")
     msg = _infer({"static": np.ones((2, 2, 3), np.uint8)}, np.arange(7, dtype=np.float32))
-    frames = [zmq.Frame(f) for f in as_bytes(P.encode(msg, key=b"k"))]
+    frames = [zmq.Frame(f) for f in as_bytes(P.encode(msg))]
     for variant in (frames, [f.buffer for f in frames]):
-        out = P.decode(variant, key=b"k")
+        out = P.decode(variant)
         np.testing.assert_array_equal(out.observation.state, np.arange(7, dtype=np.float32))
-    assert np.shares_memory(P.decode([f.buffer for f in frames], key=b"k").observation.state,
+    assert np.shares_memory(P.decode([f.buffer for f in frames]).observation.state,
                             np.frombuffer(frames[2].buffer, np.uint8))
 
 
@@ -199,63 +211,25 @@ def test_empty_arrays_round_trip():
         assert_same(arr, out)
 
 
-# ---------------------------------------------------------------------------------------- HMAC
+# ------------------------------------------------------------------------------------ CURVE keys
 
 KEY = b"0123456789abcdef0123456789abcdef"
 
 
-def reference_mac(frames, key: bytes) -> bytes:
-    """The construction exactly as docs/protocol.md states it, written independently of protocol.sign."""
-    data = b"".join(len(f).to_bytes(8, "little") + bytes(f) for f in frames)
-    return hmac.new(key, data, hashlib.sha256).digest()
+def test_curve_keys_are_derived_as_documented():
+    """secret = HMAC-SHA256(key, label), Z85-encoded; public = X25519 of it (libzmq's curve_public), written
+    here from the document's words rather than through the module's helper."""
+    zmq = pytest.importorskip("zmq")
+    from zmq.utils import z85
 
-
-def signed_infer() -> list[bytes]:
-    msg = _infer({"static": np.full((8, 8, 3), 7, np.uint8)}, np.arange(7, dtype=np.float32))
-    return as_bytes(P.encode(msg, key=KEY))
-
-
-def test_hmac_frame_matches_the_documented_construction():
-    frames = signed_infer()
-    assert len(frames[-1]) == P.MAC_SIZE == 32
-    assert frames[-1] == reference_mac(frames[:-1], KEY) == P.sign(frames[:-1], KEY)
-    assert isinstance(P.decode(frames, key=KEY), P.Infer)
-
-
-def test_hmac_length_prefix_binds_frame_boundaries():
-    # moving one byte from frame 0 into frame 1 keeps the concatenation but must change the MAC
-    assert reference_mac([b"ab", b"c"], KEY) != reference_mac([b"a", b"bc"], KEY)
-    assert P.sign([b"ab", b"c"], KEY) != P.sign([b"a", b"bc"], KEY)
-
-
-def _tamper(frames: list[bytes], index: int) -> list[bytes]:
-    out = list(frames)
-    b = bytearray(out[index])
-    b[len(b) // 2] ^= 0x01
-    out[index] = bytes(b)
-    return out
-
-
-@pytest.mark.parametrize("case", [
-    "wrong_key", "missing_mac_frame", "tampered_header", "tampered_array_frame", "tampered_mac", "truncated_mac",
-    "dropped_array_frame", "swapped_array_frames", "unsigned_single_frame",
-])
-def test_hmac_rejections(case):
-    frames = signed_infer()
-    bad = {
-        "wrong_key": lambda: as_bytes(P.encode(P.decode(frames, key=KEY), key=b"another key")),
-        "missing_mac_frame": lambda: frames[:-1],
-        "tampered_header": lambda: _tamper(frames, 0),
-        "tampered_array_frame": lambda: _tamper(frames, 1),
-        "tampered_mac": lambda: _tamper(frames, -1),
-        "truncated_mac": lambda: frames[:-1] + [frames[-1][:31]],
-        "dropped_array_frame": lambda: [frames[0], frames[2], frames[3]],
-        "swapped_array_frames": lambda: [frames[0], frames[2], frames[1], frames[3]],
-        "unsigned_single_frame": lambda: as_bytes(P.encode(P.Ping(client_ts_ns=1))),
-    }[case]()
-    with pytest.raises(P.ProtocolError) as e:
-        P.decode(bad, key=KEY)
-    assert e.value.code == "auth_failed"
+    keys = curve_keys(KEY)
+    for label, public, secret in ((b"dv-serve curve server v1", keys.server_public, keys.server_secret),
+                                  (b"dv-serve curve client v1", keys.client_public, keys.client_secret)):
+        expected = z85.encode(hmac.new(KEY, label, hashlib.sha256).digest())
+        assert secret == expected and len(secret) == 40
+        assert public == zmq.curve_public(expected)
+    assert len({keys.server_public, keys.client_public, keys.server_secret, keys.client_secret}) == 4
+    assert curve_keys(KEY + b"!") != keys
 
 
 # ---------------------------------------------------------------------------------- the corpus
@@ -299,6 +273,12 @@ def infer_frames(**kw) -> list[bytes]:
 
 def with_state(desc: dict, state_frame: bytes = STATE) -> list[bytes]:
     return [pk(infer_head(state_desc=desc)), IMG, state_frame]
+
+
+def with_duplicate(head: dict, key: str, value) -> bytes:
+    """`head` packed with `key` written once more at the end (msgpack can say it; a dict cannot hold it)."""
+    assert len(head) < 15
+    return bytes([0x80 | (len(head) + 1)]) + b"".join(pk(k) + pk(v) for k, v in head.items()) + pk(key) + pk(value)
 
 
 def nested(depth: int) -> bytes:
@@ -415,6 +395,23 @@ BAD_INPUTS: list[Bad] = [
         "bad_array", "exactly $nd, dtype, shape"),
     Bad("descriptor_missing_key", lambda: with_state({"$nd": 1, "dtype": "float32"}), "bad_array", "no shape"),
     Bad("missing_array_frame", lambda: [pk(infer_head()), IMG], "bad_array", "state frame absent"),
+    # --- what a client written from docs/protocol.md alone ran into ---
+    Bad("duplicate_map_key", lambda: [with_duplicate(ping(), "client_ts_ns", 2)], "bad_message",
+        "a key twice is refused, not last-one-wins"),
+    Bad("duplicate_map_key_seq", lambda: [with_duplicate(infer_head(), "seq", 2), IMG, STATE], "bad_message",
+        "which seq would it be?"),
+    Bad("duplicate_map_key_nested", lambda: [pk(infer_head(capture_ts_ns="@@")).replace(
+        pk("@@"), with_duplicate({"state": 1}, "state", 2)), IMG, STATE], "bad_message", "at every depth"),
+    Bad("bin_map_key", lambda: [pk({**ping(), b"x": 1})], "bad_message", "keys are str; strict_map_key allows bin"),
+    Bad("bin_map_key_nested", lambda: [pk(infer_head(capture_ts_ns={b"state": 1})), IMG, STATE], "bad_message",
+        "keys are str at every depth"),
+    Bad("descriptor_without_nd", lambda: with_state({"dtype": "float32", "shape": [7]}), "bad_array",
+        "a descriptor that lost its $nd is still a descriptor"),
+    Bad("descriptor_only_dtype", lambda: with_state({"dtype": "float32"}), "bad_array", "keys among the three"),
+    Bad("capture_ts_negative", lambda: infer_frames(capture_ts_ns={"state": -1}), "invalid_field", "stamps >= 0"),
+    Bad("capture_ts_too_big", lambda: infer_frames(capture_ts_ns={"state": 2**63}), "invalid_field", "< 2**63"),
+    Bad("capture_ts_float", lambda: infer_frames(capture_ts_ns={"state": 1.5}), "invalid_field", "int ns"),
+    Bad("capture_ts_str", lambda: infer_frames(capture_ts_ns={"state": "now"}), "invalid_field", "int ns"),
     # --- limits (too_large) ---
     Bad("oversized_array", lambda: [pk(infer_head(image_desc={"$nd": 0, "dtype": "uint8",
                                                              "shape": [4096, 4096, 3]})), b"", STATE],
@@ -435,12 +432,33 @@ def test_corpus_is_big_enough_and_names_are_unique():
     assert {b.code for b in BAD_INPUTS} <= set(P.ERROR_CODES)
 
 
+def echoed_ids(bad: Bad) -> dict:
+    """The seq and session an error for `bad` echoes (docs/protocol.md §6): those of frame 0 when it parsed
+    (any code but bad_message; the size checks before parsing only ever meet pings here) and they are
+    well-formed. Read with plain msgpack, independently of the codec."""
+    if bad.code == "bad_message":
+        return {}
+    try:
+        head = msgpack.unpackb(bytes(bad.build()[0]), strict_map_key=False)
+    except Exception:
+        return {}
+    seq, session = head.get("seq"), head.get("session")
+    return ({"seq": seq} if type(seq) is int and 0 <= seq < 2**63 else {}) | (
+        {"session": session} if isinstance(session, str) and 1 <= len(session) <= 128 else {})
+
+
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=lambda b: b.name)
 def test_bad_input_is_refused_with_its_code(bad):
     with pytest.raises(P.ProtocolError) as e:
         P.decode(bad.build())
     assert e.value.code == bad.code, e.value.message
     assert e.value.code in P.ERROR_CODES and e.value.message
+    assert e.value.reply == echoed_ids(bad)
+
+
+def test_corpus_has_errors_that_must_echo_a_seq():
+    """Guard: the echo check above is not vacuous."""
+    assert sum(1 for bad in BAD_INPUTS if "seq" in echoed_ids(bad)) >= 20
 
 
 def test_unreferenced_extra_frames_are_ignored():
@@ -568,9 +586,9 @@ def test_pickle_canary_is_live_and_never_fires(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ fuzz
 
 
-def _check(frames, key=None) -> None:
+def _check(frames, accept=None) -> None:
     try:
-        out = P.decode(frames, key=key)
+        out = P.decode(frames, accept=accept)
     except P.ProtocolError as e:
         assert e.code in P.ERROR_CODES, e.code
     else:
@@ -588,9 +606,9 @@ def test_fuzz_random_bytes_header(data):
 
 
 @settings(FUZZ, max_examples=800)
-@given(st.lists(st.binary(max_size=64), min_size=0, max_size=12), st.sampled_from([None, KEY]))
-def test_fuzz_random_frame_lists(frames, key):
-    _check(frames, key)
+@given(st.lists(st.binary(max_size=64), min_size=0, max_size=12), st.sampled_from([None, P.REQUESTS]))
+def test_fuzz_random_frame_lists(frames, accept):
+    _check(frames, accept)
 
 
 # msgpack-shaped headers: valid maps close to real messages, with random values where the fields go.

@@ -21,7 +21,7 @@ import pytest
 import zmq
 from serve_process import serving, spawned
 
-from policy_server.bind_policy import is_loopback
+from policy_server.bind_policy import curve_keys, is_loopback, secure_client
 from policy_server.client import ContractMismatch, PolicyClient, PolicyTimeout, ServerError, SessionLost
 from policy_server.echo import EchoBackend, echo_contract
 from policy_server.protocol import (
@@ -42,6 +42,7 @@ from policy_server.protocol import (
     encode,
 )
 from policy_server.server import STAGES, PolicyServer
+from robot.policy import RemotePolicy
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_LAYOUT = ["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"]
@@ -55,21 +56,29 @@ def robot_contract(height: int = 48, width: int = 64, **changes) -> RobotContrac
     return RobotContract(**(fields | changes))
 
 
+# A random state within the physical ranges the server holds states to (docs/protocol.md §8.2).
+STATE_LOW = np.array([-0.8, -0.8, 0.0, -3.1, -1.5, -3.1, 0.0])
+STATE_HIGH = np.array([0.8, 0.8, 0.8, 3.1, 1.5, 3.1, 1.0])
+STAMPS = {"state": 0, "static": 0, "wrist": 0}  # capture_ts_ns: "state" and each camera
+
+
 def observation(contract: RobotContract, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
     images = {c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in contract.cameras}
-    return images, rng.normal(size=7).astype(np.float32)
+    return images, rng.uniform(STATE_LOW, STATE_HIGH).astype(np.float32)
 
 
 def echo_of(state: np.ndarray) -> np.ndarray:
     return np.arange(1, 4, dtype=np.float32)[:, None] * state[None, :]
 
 
-def raw_exchange(endpoint: str, *requests: Message, replies: int | None = None, timeout_s: float = 10.0
-                 ) -> list[Message]:
+def raw_exchange(endpoint: str, *requests: Message, replies: int | None = None, timeout_s: float = 10.0,
+                 key: bytes | None = None) -> list[Message]:
     """Send requests back to back on a fresh DEALER (no client logic) and collect the replies."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if key is not None:
+        secure_client(sock, key)
     sock.connect(endpoint)
     try:
         for r in requests:
@@ -81,15 +90,6 @@ def raw_exchange(endpoint: str, *requests: Message, replies: int | None = None, 
         return out
     finally:
         sock.close()
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    from policy_server.cli.model import main as dv_model
-
-    out = tmp_path_factory.mktemp("serve") / "tiny"
-    assert dv_model(["init", "--config", "tiny", "--out", str(out)]) == 0
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +137,9 @@ def test_round_trip_echo(batching):
         client.reset("s", "ep", "pick up the bottle")
         for step in range(5):
             images, state = observation(contract, rng)
-            chunk = client.infer("s", images, state, {"state": step, "static": step + 1})
+            chunk = client.infer("s", images, state, {"state": step, "static": step + 1, "wrist": step + 2})
             assert chunk.seq == step and chunk.session == "s"
-            assert chunk.capture_ts_ns == {"state": step, "static": step + 1}
+            assert chunk.capture_ts_ns == {"state": step, "static": step + 1, "wrist": step + 2}
             assert chunk.actions.dtype == np.float32
             np.testing.assert_array_equal(chunk.actions, echo_of(state))
             assert set(STAGES) <= set(chunk.timing_ms) and all(v >= 0 for v in chunk.timing_ms.values())
@@ -167,9 +167,9 @@ def test_observation_held_to_declared_contract(echo_server):
         for code, cases in bad_inputs.items():
             for bad_images, bad_state in cases:
                 with pytest.raises(ServerError) as refused:
-                    client.infer("s", bad_images, bad_state, {})
+                    client.infer("s", bad_images, bad_state, STAMPS)
                 assert refused.value.code == code
-        np.testing.assert_array_equal(client.infer("s", images, state, {}).actions, echo_of(state))
+        np.testing.assert_array_equal(client.infer("s", images, state, STAMPS).actions, echo_of(state))
 
 
 def test_hello_first_and_unknown_session(echo_server):
@@ -184,7 +184,7 @@ def test_hello_first_and_unknown_session(echo_server):
     assert isinstance(reply, Error) and reply.code == "unknown_session" and "reset" in reply.message
     with PolicyClient(echo_server.endpoint, contract, client_id="arm2") as client:
         with pytest.raises(SessionLost) as lost:
-            client.infer("never-reset", images, state, {})
+            client.infer("never-reset", images, state, STAMPS)
         assert lost.value.code == "unknown_session"
 
 
@@ -192,7 +192,7 @@ def test_pipelined_requests_of_one_session_answered_in_order(echo_server):
     contract = robot_contract()
     rng = np.random.default_rng(3)
     states = [observation(contract, rng) for _ in range(6)]
-    requests = [Infer(session="s", seq=i, capture_ts_ns={}, observation=Observation(images=im, state=st))
+    requests = [Infer(session="s", seq=i, capture_ts_ns=STAMPS, observation=Observation(images=im, state=st))
                 for i, (im, st) in enumerate(states)]
     replies = raw_exchange(echo_server.endpoint, Hello(client_id="pipe", contract=contract),
                            Reset(session="s", episode_id="e", instruction="x"), *requests)
@@ -209,17 +209,17 @@ def test_session_cap_evicts_least_recently_used_and_ttl_expires():
             PolicyClient(server.endpoint, contract, client_id="arm") as client:
         for name in ("a", "b"):
             client.reset(name, name, "pick")
-        client.infer("a", images, state, {})  # b is now the least recently used
+        client.infer("a", images, state, STAMPS)  # b is now the least recently used
         client.reset("c", "c", "pick")
-        client.infer("a", images, state, {})
-        client.infer("c", images, state, {})
+        client.infer("a", images, state, STAMPS)
+        client.infer("c", images, state, STAMPS)
         with pytest.raises(SessionLost):
-            client.infer("b", images, state, {})
+            client.infer("b", images, state, STAMPS)
         time.sleep(2.0)  # idle beyond the TTL
         with pytest.raises(SessionLost):
-            client.infer("a", images, state, {})
+            client.infer("a", images, state, STAMPS)
         client.reset("a", "a2", "pick")
-        client.infer("a", images, state, {})
+        client.infer("a", images, state, STAMPS)
         counters = client.stats().counters
         assert counters["sessions_evicted"] == 1
 
@@ -234,6 +234,22 @@ def test_bind_and_key_policy():
         PolicyServer(EchoBackend(echo_contract()), key=b"short")
 
 
+def test_client_refuses_a_remote_endpoint_without_a_key_unless_told_by_name():
+    """The robot side of the bind rule: no plain-text connection beyond this machine by accident. Nothing is
+    sent (the server is not even there): the refusal is at construction, naming the override."""
+    remote = "tcp://10.0.0.2:5555"
+    for make in (lambda **kw: PolicyClient(remote, robot_contract(), client_id="arm", **kw),
+                 lambda **kw: RemotePolicy(remote, robot_contract(), deadline_s=DEADLINE_S, **kw)):
+        with pytest.raises(ValueError, match="allow_unauthenticated_remote=True") as refused:
+            make()
+        assert remote in str(refused.value) and "server.auth_key_file" in str(refused.value)
+        with pytest.raises(ValueError, match="at least 16"):
+            make(key=b"short")
+        make(allow_unauthenticated_remote=True).close()
+        make(key=b"k" * 32).close()
+    PolicyClient("tcp://127.0.0.1:5555", robot_contract(), client_id="arm").close()  # loopback needs no key
+
+
 def test_shared_key_authenticates_both_ways():
     key = b"k" * 32
     contract = robot_contract()
@@ -241,27 +257,38 @@ def test_shared_key_authenticates_both_ways():
     with serving(EchoBackend(echo_contract()), key=key) as server:
         with PolicyClient(server.endpoint, contract, client_id="arm", key=key) as client:
             client.reset("s", "e", "pick")
-            np.testing.assert_array_equal(client.infer("s", images, state, {}).actions, echo_of(state))
+            np.testing.assert_array_equal(client.infer("s", images, state, STAMPS).actions, echo_of(state))
         with PolicyClient(server.endpoint, contract, client_id="intruder", key=b"x" * 32) as client:
             with pytest.raises(ServerError) as refused:
                 client.hello()
-            assert refused.value.code == "auth_failed"  # the server's reply is signed with another key
+            assert refused.value.code == "auth_failed"  # the CURVE handshake fails: reported, not waited out
+        with serving(EchoBackend(echo_contract())) as plain, \
+                PolicyClient(plain.endpoint, contract, client_id="arm", key=key) as client:
+            with pytest.raises(ServerError) as refused:
+                client.hello()
+            assert refused.value.code == "auth_failed"  # a keyed client never talks in plain text
 
 
-def test_unsigned_request_refused_with_auth_failed():
+def test_a_client_without_the_key_gets_no_reply():
+    """Nothing of the server's answers a socket that does not hold the key: not a plain socket, and not a
+    CURVE socket that knows the server's public key but has a key pair of its own (ZAP refuses it)."""
     key = b"k" * 32
     with serving(EchoBackend(echo_contract()), key=key) as server:
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(server.endpoint)
+        plain = zmq.Context.instance().socket(zmq.DEALER)
+        stranger = zmq.Context.instance().socket(zmq.DEALER)
+        stranger.curve_serverkey = curve_keys(key).server_public
+        stranger.curve_publickey, stranger.curve_secretkey = zmq.curve_keypair()
         try:
-            sock.send_multipart(encode(Ping(client_ts_ns=1)))
-            assert sock.poll(10_000)
-            reply = decode(sock.recv_multipart(), key=key)
+            for sock in (plain, stranger):
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(server.endpoint)
+                sock.send_multipart(encode(Ping(client_ts_ns=1)))
+            assert not plain.poll(500) and not stranger.poll(100)
         finally:
-            sock.close()
-        assert isinstance(reply, Error) and reply.code == "auth_failed"
+            plain.close()
+            stranger.close()
+        (stats,) = raw_exchange(server.endpoint, StatsRequest(), key=key)
+        assert stats.counters["requests"] == 1  # only this stats request ever reached the server
 
 
 # ----------------------------------------------------------------------- many robots, one model
@@ -289,7 +316,8 @@ class RobotRun:
                 for step in range(self.steps):
                     images, state = observation(self.contract, rng)
                     self.sent.append((images, state))
-                    self.got.append(client.infer("arm", images, state, {"state": self.index * 10_000 + step}))
+                    stamp = self.index * 10_000 + step
+                    self.got.append(client.infer("arm", images, state, dict.fromkeys(STAMPS, stamp)))
                 assert client.counters["discarded"] == 0
         except BaseException as exc:  # reported by the test thread
             self.error = exc
@@ -368,7 +396,7 @@ def test_reply_with_another_seq_is_discarded():
     try:
         with PolicyClient(f"tcp://127.0.0.1:{port}", contract, client_id="arm", deadline_s=5.0) as client:
             images, state = observation(contract, np.random.default_rng(6))
-            chunk = client.infer("s", images, state, {})  # seq 0: the fake answers seq -1, then seq 0
+            chunk = client.infer("s", images, state, STAMPS)  # seq 0: the fake answers seq -1, then seq 0
             assert chunk.seq == 0 and np.all(chunk.actions == 1.0)
             assert client.counters["discarded"] == 1
     finally:
@@ -380,7 +408,7 @@ def _stream(client: PolicyClient, contract: RobotContract, steps: int, seed: int
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         images, state = observation(contract, rng)
-        np.testing.assert_array_equal(client.infer("arm", images, state, {}).actions, echo_of(state))
+        np.testing.assert_array_equal(client.infer("arm", images, state, STAMPS).actions, echo_of(state))
 
 
 def test_kill9_detected_within_deadline_and_restart_recovers(tmp_path, ckpt):
@@ -398,7 +426,7 @@ def test_kill9_detected_within_deadline_and_restart_recovers(tmp_path, ckpt):
         killer.start()
         start = time.monotonic()
         with pytest.raises(PolicyTimeout):
-            client.infer("arm", images, state, {})
+            client.infer("arm", images, state, STAMPS)
         detected_s = time.monotonic() - start
         killer.join()
         assert proc.wait(5) == -signal.SIGKILL
@@ -407,10 +435,10 @@ def test_kill9_detected_within_deadline_and_restart_recovers(tmp_path, ckpt):
 
     with spawned(log, "--ckpt", str(ckpt), "--bind", endpoint), client:
         with pytest.raises(SessionLost):  # re-hellos lazily, then learns the episode is gone
-            client.infer("arm", images, state, {})
+            client.infer("arm", images, state, STAMPS)
         assert client.server is not None and client.server.model_id == "dreamvla-tiny"
         client.reset("arm", "episode-2", "pick up the bottle")
-        assert client.infer("arm", images, state, {}).actions.shape == (3, 7)
+        assert client.infer("arm", images, state, STAMPS).actions.shape == (3, 7)
         assert client.counters["reconnects"] == 1
 
 
@@ -425,7 +453,7 @@ def test_restart_between_requests_reports_session_lost():
     with serving(EchoBackend(echo_contract()), bind=endpoint), client:
         images, state = observation(contract, np.random.default_rng(9))
         with pytest.raises(SessionLost) as lost:
-            client.infer("arm", images, state, {})
+            client.infer("arm", images, state, STAMPS)
         assert lost.value.code == "not_hello" and client.server is not None
         client.reset("arm", "episode-2", "pick")
         _stream(client, contract, steps=2)
@@ -444,16 +472,16 @@ def test_stop_cont_late_reply_is_discarded(tmp_path):
         try:
             images, stale_state = observation(contract, rng)
             with pytest.raises(PolicyTimeout):
-                client.infer("arm", images, stale_state, {})
+                client.infer("arm", images, stale_state, STAMPS)
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         for _ in range(3):  # the server now answers the stale request too; it must never come back here
             images, state = observation(contract, rng)
-            chunk = client.infer("arm", images, state, {})
+            chunk = client.infer("arm", images, state, STAMPS)
             np.testing.assert_array_equal(chunk.actions, echo_of(state))
         time.sleep(0.2)
         images, state = observation(contract, rng)
-        np.testing.assert_array_equal(client.infer("arm", images, state, {}).actions, echo_of(state))
+        np.testing.assert_array_equal(client.infer("arm", images, state, STAMPS).actions, echo_of(state))
         assert client.counters["timeouts"] == 1
 
 
@@ -481,7 +509,7 @@ def test_sigterm_answers_in_flight_then_refuses_then_exits_zero(tmp_path):
             a.reset("arm", "episode", "pick")
             b.hello()
             answer: list[Chunk] = []
-            in_flight = threading.Thread(target=lambda: answer.append(a.infer("arm", images, state, {})))
+            in_flight = threading.Thread(target=lambda: answer.append(a.infer("arm", images, state, STAMPS)))
             in_flight.start()
             _wait_for(lambda: _pong(endpoint).load["queue_depth"] == 1)
             proc.send_signal(signal.SIGTERM)

@@ -1,10 +1,11 @@
 """The bad-input corpus of test_protocol.py, sent over real sockets to a running `dv-serve --echo`.
 
-Each bad input gets exactly one `error` reply with its code, and the same connection is served normally
-right after (ping, then hello/reset/infer with the echo checked). Then the checks only the server makes
-(hello first, sessions, the declared contract, NaN/Inf), a fuzz of random frames, a message beyond
-ZMQ_MAXMSGSIZE (its peer is disconnected, the server serves others), and docs/protocol.md's minimal
-client run as written.
+Each bad input gets exactly one `error` reply with its code (echoing the seq and session it could read), and
+the same connection is served normally right after (ping, then hello/reset/infer with the echo checked). Then
+the checks only the server makes (hello first, seq order, sessions, the declared contract, capture stamps,
+NaN/Inf, physical state ranges), what docs/protocol.md says about a second hello and a reconnected socket, a
+fuzz of random frames, a message beyond ZMQ_MAXMSGSIZE (its peer is disconnected, the server serves others),
+and docs/protocol.md's minimal client run as written.
 
 One server process per module (`python -m policy_server.cli.serve --echo`), on a free loopback port.
 """
@@ -28,10 +29,12 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_protocol import BAD_INPUTS, CANARY, REGRESSIONS, Bad, infer_head, ping, pk
+from test_protocol import BAD_INPUTS, CANARY, REGRESSIONS, Bad, echoed_ids, infer_head, ping, pk
 from zmq.utils.monitor import recv_monitor_message
 
 from policy_server import protocol as P
+from policy_server.bind_policy import curve_keys, secure_client
+from policy_server.echo import echo_contract
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_LAYOUT = ["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"]
@@ -70,20 +73,21 @@ def endpoint(tmp_path_factory) -> Iterator[str]:
 
 
 class Conn:
-    """A bare DEALER (no client library logic): one request, one reply."""
+    """A bare DEALER (no client library logic): one request, one reply. With a key, a CURVE client."""
 
     def __init__(self, endpoint: str, key: bytes | None = None) -> None:
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if key is not None:
+            secure_client(self.sock, key)
         self.sock.connect(endpoint)
-        self.key = key
 
     def send(self, frames: list) -> None:
-        self.sock.send_multipart(frames + [P.sign(frames, self.key)] if self.key else frames, copy=False)
+        self.sock.send_multipart(frames, copy=False)
 
     def recv(self, timeout_ms: int = REPLY_TIMEOUT_MS) -> P.Message:
         assert self.sock.poll(timeout_ms), "no reply"
-        return P.decode(self.sock.recv_multipart(), key=self.key)
+        return P.decode(self.sock.recv_multipart(), accept=P.REPLIES)
 
     def ask(self, frames: list, timeout_ms: int = REPLY_TIMEOUT_MS) -> P.Message:
         self.send(frames)
@@ -118,13 +122,22 @@ def reset(session: str = "s") -> list:
     return P.encode(P.Reset(session=session, episode_id="e", instruction="pick up the bottle", seed=1))
 
 
-def infer(seq: int, session: str = "s", images: dict | None = None, state: np.ndarray | None = None) -> list:
+def good_state(seq: int) -> np.ndarray:
+    """A state within every physical range, different for each seq."""
+    return np.array([0.4, -0.1, 0.3, 3.0, 0.2, -1.0, 1.0], np.float32) * np.float32(1 / (1 + seq % 7))
+
+
+def stamps(seq: int) -> dict[str, int]:
+    return {"state": seq, "static": seq, "wrist": seq}
+
+
+def infer(seq: int, session: str = "s", images: dict | None = None, state: np.ndarray | None = None,
+          capture_ts_ns: dict[str, int] | None = None) -> list:
     if images is None:
         images = {n: np.full((H, W, 3), seq % 256, np.uint8) for n in ("static", "wrist")}
-    if state is None:
-        state = np.linspace(-1, 1, 7, dtype=np.float32) * (seq + 1)
-    return P.encode(P.Infer(session=session, seq=seq, capture_ts_ns={"state": seq},
-                            observation=P.Observation(images=images, state=state)))
+    return P.encode(P.Infer(session=session, seq=seq, capture_ts_ns=stamps(seq) if capture_ts_ns is None
+                            else capture_ts_ns, observation=P.Observation(images=images, state=good_state(seq)
+                                                                          if state is None else state)))
 
 
 def assert_serving(conn: Conn, seq: int = 1) -> None:
@@ -136,8 +149,8 @@ def assert_serving(conn: Conn, seq: int = 1) -> None:
     assert isinstance(conn.ask(reset()), P.ResetAck)
     chunk = conn.ask(infer(seq))
     assert isinstance(chunk, P.Chunk) and chunk.seq == seq and chunk.session == "s"
-    state = np.linspace(-1, 1, 7, dtype=np.float32) * (seq + 1)
-    np.testing.assert_array_equal(chunk.actions, np.arange(1, 4, dtype=np.float32)[:, None] * state)
+    assert chunk.capture_ts_ns == stamps(seq)
+    np.testing.assert_array_equal(chunk.actions, np.arange(1, 4, dtype=np.float32)[:, None] * good_state(seq))
 
 
 def assert_error(reply: P.Message, code: str) -> None:
@@ -152,7 +165,9 @@ def assert_error(reply: P.Message, code: str) -> None:
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=lambda b: b.name)
 def test_codec_corpus_over_the_socket(endpoint, bad: Bad):
     with connect(endpoint) as conn:
-        assert_error(conn.ask(bad.build()), bad.code)
+        reply = conn.ask(bad.build())
+        assert_error(reply, bad.code)
+        assert reply.model_dump(include={"seq", "session"}, exclude_none=True) == echoed_ids(bad)
         assert_serving(conn)
 
 
@@ -176,6 +191,24 @@ SERVER_CHECKS = [
     ("infer_nan_state", [hello(), reset()], infer(3, state=NAN_STATE), "non_finite"),
     ("infer_inf_state", [hello(), reset()], infer(3, state=np.full(7, np.inf, np.float32)), "non_finite"),
     ("infer_neg_inf_state_float64", [hello(), reset()], infer(3, state=-np.full(7, np.inf)), "non_finite"),
+    # finite as sent, but not a pose: 1e39 overflows float32 to Inf, 3e38 overflows the model
+    ("infer_state_float64_1e39", [hello(), reset()], infer(3, state=np.array([1e39, 0, 0.3, 0, 0, 0, 1])),
+     "out_of_range"),
+    ("infer_state_float32_3e38", [hello(), reset()],
+     infer(3, state=np.array([0.4, 0, 3e38, 0, 0, 0, 1], np.float32)), "out_of_range"),
+    ("infer_state_x_3m", [hello(), reset()], infer(3, state=np.array([3.0, 0, 0.3, 0, 0, 0, 1], np.float32)),
+     "out_of_range"),
+    ("infer_state_pitch_2rad", [hello(), reset()],
+     infer(3, state=np.array([0.4, 0, 0.3, 0, 2.0, 0, 1], np.float32)), "out_of_range"),
+    ("infer_state_gripper_1_5", [hello(), reset()],
+     infer(3, state=np.array([0.4, 0, 0.3, 0, 0, 0, 1.5], np.float32)), "out_of_range"),
+    ("infer_capture_ts_empty", [hello(), reset()], infer(3, capture_ts_ns={}), "invalid_field"),
+    ("infer_capture_ts_missing_camera", [hello(), reset()], infer(3, capture_ts_ns={"state": 3, "static": 3}),
+     "invalid_field"),
+    ("infer_capture_ts_extra_stream", [hello(), reset()], infer(3, capture_ts_ns={**stamps(3), "depth": 3}),
+     "invalid_field"),
+    ("infer_seq_reused", [hello(), reset(), infer(3)], infer(3), "stale_seq"),
+    ("infer_seq_lower", [hello(), reset(), infer(3)], infer(2), "stale_seq"),
     ("infer_wrong_image_shape", [hello(), reset()],
      infer(3, images={**GOOD_IMAGES, "wrist": np.zeros((H, W + 1, 3), np.uint8)}), "invalid_field"),
     ("infer_image_rgba", [hello(), reset()],
@@ -233,10 +266,9 @@ def test_unknown_session_after_reset_elsewhere_is_per_client(endpoint):
         assert isinstance(a.ask(infer(1, session="shared-name")), P.Chunk)
 
 
-def test_signed_corpus_reaches_the_same_codes_behind_a_key():
-    """With a shared key, a correctly signed bad message fails on its content (not on auth), and a tampered
-    valid message fails with auth_failed; the connection keeps working either way."""
-    from policy_server.echo import EchoBackend, echo_contract
+def test_keyed_server_gives_an_authenticated_client_the_same_codes():
+    """Behind a key (CURVE), a client holding it meets exactly the checks a loopback client meets."""
+    from policy_server.echo import EchoBackend
     from policy_server.server import PolicyServer
 
     key = b"k" * 32
@@ -247,14 +279,71 @@ def test_signed_corpus_reaches_the_same_codes_behind_a_key():
         with connect(server.endpoint, key) as conn:
             for bad in BAD_INPUTS:
                 assert_error(conn.ask(bad.build()), bad.code)
-            frames = [bytes(f) for f in infer(2)]
-            frames[1] = b"\xff" + frames[1][1:]
-            conn.sock.send_multipart(frames + [P.sign([bytes(f) for f in infer(2)], key)])
-            assert_error(conn.recv(), "auth_failed")
             assert_serving(conn)
     finally:
         server.stop()
         thread.join(10)
+
+
+def test_contract_mismatch_carries_the_model_contract_and_the_fields(endpoint):
+    """A refused hello teaches the client the model's contract (machine-readable, as hello_ack carries it)
+    and names each robot contract field that differs."""
+    bgr = [P.CameraContract(name="static", height=H, width=W, color_order="bgr"),
+           P.CameraContract(name="wrist", height=H, width=W)]
+    cases = [(["chunk_length"], hello(chunk_length=4)),
+             (["cameras.color_order", "state_layout"], hello(cameras=bgr, state_layout=STATE_LAYOUT[::-1])),
+             (["action_convention", "cameras", "gripper"],
+              hello(cameras=[P.CameraContract(name="static", height=H, width=W)], gripper="0_open_1_closed",
+                    action_convention="absolute"))]
+    with connect(endpoint) as conn:
+        for fields, request in cases:
+            reply = conn.ask(request)
+            assert_error(reply, "contract_mismatch")
+            assert reply.fields == fields and reply.contract == echo_contract()
+        assert_serving(conn)
+
+
+def test_second_hello_replaces_the_first_and_a_refused_one_leaves_none(endpoint):
+    """docs/protocol.md §4.1: a second hello on a socket replaces the first (client id and contract; the seq
+    order carries over); a refused one leaves the socket without a hello."""
+    with connect(endpoint) as conn:
+        assert_serving(conn, seq=5)  # hello as "bad-input-test", session "s", seq 5 sent
+        assert isinstance(conn.ask(hello("another-robot")), P.HelloAck)
+        assert_error(conn.ask(infer(6)), "unknown_session")  # "s" belongs to the first client id
+        assert_error(conn.ask(infer(6)), "stale_seq")  # 6 was sent: a second hello does not reset the order
+        assert isinstance(conn.ask(hello()), P.HelloAck)
+        assert isinstance(conn.ask(infer(7)), P.Chunk)  # the first client's session again
+        assert_error(conn.ask(hello(chunk_length=4)), "contract_mismatch")
+        assert_error(conn.ask(reset()), "not_hello")
+        assert_error(conn.ask(infer(8)), "not_hello")
+        assert_serving(conn, seq=9)
+
+
+def _wait_for_events(monitor: zmq.Socket, wanted: list[int], timeout_s: float = 10.0) -> None:
+    """Read monitor events until `wanted` has been seen in this order."""
+    deadline = time.monotonic() + timeout_s
+    while wanted:
+        assert time.monotonic() < deadline, f"monitor events {wanted} not seen"
+        if monitor.poll(100) and recv_monitor_message(monitor)["event"] == wanted[0]:
+            wanted.pop(0)
+
+
+def test_a_reconnected_dealer_must_hello_again(endpoint):
+    """docs/protocol.md §4.3: after a disconnect the DEALER reconnects by itself, and the server sees a new
+    socket: reset/infer get not_hello until it sends hello again; its session is still there."""
+    with connect(endpoint) as conn:
+        monitor = conn.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        try:
+            assert_serving(conn, seq=1)
+            # a frame beyond ZMQ_MAXMSGSIZE: the server's libzmq drops this connection (§1)
+            conn.send([pk(ping()), bytes(P.DEFAULT_LIMITS.max_message_bytes + 1)])
+            _wait_for_events(monitor, [zmq.EVENT_DISCONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED])
+            assert_error(conn.ask(infer(2)), "not_hello")
+            assert isinstance(conn.ask(hello()), P.HelloAck)
+            assert isinstance(conn.ask(infer(3)), P.Chunk)  # the session survived the reconnect
+        finally:
+            conn.sock.disable_monitor()
+            monitor.close(linger=0)
 
 
 # ------------------------------------------------------------------------------------------ fuzz
@@ -363,10 +452,9 @@ def test_minimal_client_in_the_document_runs_against_the_echo_server(endpoint, c
 def test_worked_example_bytes_in_the_document_are_what_encode_produces():
     doc = (REPO / "docs" / "protocol.md").read_text()
     examples = dict(re.findall(r"<!-- hex:(\w+) -->\n```text\n(.*?)```", doc, flags=re.S))
-    assert {"ping", "ping_mac", "infer_header", "infer_state"} <= set(examples)
+    assert {"ping", "infer_header", "infer_state"} <= set(examples)
     unhex = {k: bytes.fromhex(re.sub(r"\s+", "", v)) for k, v in examples.items()}
     assert unhex["ping"] == bytes(P.encode(P.Ping(client_ts_ns=1_000_000_000))[0])
-    assert unhex["ping_mac"] == P.sign([unhex["ping"]], b"example-key-0123")
     assert msgpack.unpackb(unhex["ping"]) == {"v": 1, "type": "ping", "client_ts_ns": 1_000_000_000}
     frames = [unhex["infer_header"], bytes(224 * 224 * 3), bytes(224 * 224 * 3), unhex["infer_state"]]
     decoded = P.decode(frames)
@@ -374,6 +462,18 @@ def test_worked_example_bytes_in_the_document_are_what_encode_produces():
     np.testing.assert_array_equal(decoded.observation.state,
                                   np.array([0.5, 0.0, 0.3, 3.14159, 0.0, 0.0, 1.0], np.float32))
     assert P.encode(decoded)[0] == unhex["infer_header"]
+
+
+def test_curve_key_example_in_the_document():
+    """§1.1's key derivation example is what both ends derive from the key `example-key-0123`."""
+    doc = (REPO / "docs" / "protocol.md").read_text()
+    block = re.search(r"<!-- curve:example-key-0123 -->\n```text\n(.*?)```", doc, flags=re.S)
+    assert block, "docs/protocol.md lost its CURVE key example"
+    shown = {f"{role}_{kind}": value.encode() for role, kind, value in
+             (line.split() for line in block.group(1).strip().splitlines())}
+    keys = curve_keys(b"example-key-0123")
+    assert shown == {name: getattr(keys, name) for name in
+                     ("server_secret", "server_public", "client_secret", "client_public")}
 
 
 def test_infer_head_helper_still_matches_the_schema():
