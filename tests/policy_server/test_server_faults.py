@@ -434,3 +434,38 @@ def test_curve_costs_about_what_the_hmac_did():
     print(f"300 KB infer round trip: plain {plain_ms:.3f} ms, CURVE {curve_ms:.3f} ms "
           f"(+{curve_ms - plain_ms:.3f} ms); HMAC-SHA256 {hmac_ms:.3f} ms per pass, {2 * hmac_ms:.3f} ms for two")
     assert curve_ms - plain_ms < 4 * (2 * hmac_ms) + 0.5, "CURVE costs far more than the HMAC framing did"
+
+
+# ------------------------------------------------------------------------------------- check order
+
+
+def test_a_reply_type_is_unknown_type_even_during_shutdown():
+    """docs/protocol.md §3 and §6 agree: a reply type sent to the server is unknown_type in every state, here
+    while the server drains an in-flight infer after stop(), when hello gets shutting_down."""
+    import zmq
+
+    from policy_server import protocol as P
+
+    (images, state), = observations(1, seed=9)
+    with serving(EchoBackend(echo_contract(), delay_s=1.0)) as server:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(server.endpoint)
+        try:
+            def ask(message: P.Message) -> P.Message:
+                sock.send_multipart(P.encode(message))
+                assert sock.poll(5000), "no reply"
+                return P.decode(sock.recv_multipart(), accept=P.REPLIES)
+
+            hello = P.Hello(client_id="arm", contract=robot_contract())
+            assert isinstance(ask(hello), P.HelloAck)
+            assert isinstance(ask(P.Reset(session="s", episode_id="e", instruction="pick")), P.ResetAck)
+            sock.send_multipart(P.encode(P.Infer(session="s", seq=1, capture_ts_ns=STAMPS,
+                                                 observation=Observation(images=images, state=state))))
+            time.sleep(0.2)  # the infer is in the worker's 1 s "inference"
+            server.stop()
+            pong = P.Pong(client_ts_ns=1, server_ts_ns=2, health="ok", load={})
+            assert (ask(pong).code, ask(hello).code) == ("unknown_type", "shutting_down")
+            assert isinstance(P.decode(sock.recv_multipart()) if sock.poll(5000) else None, P.Chunk)
+        finally:
+            sock.close()
