@@ -5,8 +5,10 @@ target poses and records one `Observation` per pose where the board was seen. Fo
 
 1. the pose is checked against the launch file's `SafetyConfig` (workspace box, orientation cone); a pose
    outside is refused, counted, and never sent to the arm;
-2. the e-stop listener, if any, must allow motion (`may_move`); it is checked again throughout the motion and
-   a latch stops the arm and aborts the collection;
+2. the e-stop, if any, must allow motion: for the whole collection an e-stop watchdog (`robot.estop.watchdog`)
+   owns the listener on its own thread and, on a STOP or a silent console, latches the arm's interlock and stops
+   the arm within milliseconds, mid-move included; the collector checks the latch before every move and every
+   50 ms while it waits, and aborts;
 3. the move runs at a low relative dynamics factor, never above `safety.relative_dynamics_factor`;
 4. the collector waits until the joints stop changing: franky-sim reports the commanded O_T_EE as soon as a
    motion ends while the joints are still converging (15 mm / 3.5 deg off at first); the settled state is the
@@ -26,7 +28,8 @@ a point in front of the camera (or the board's position when it is known) so the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,6 +48,7 @@ from calibration.handeye import (
     make_T,
     pose_error,
 )
+from robot.estop.watchdog import Watchdog, halt
 from robot.safety import SafetyConfig
 
 CALIBRATION_DYNAMICS = 0.1  # the bring-up ceiling: calibration never needs to be fast
@@ -64,6 +68,8 @@ class ArmLike(Protocol):
 
     def poll_error(self) -> Any: ...
 
+    def latch_stop(self, reason: str) -> None: ...
+
 
 class FrameSource(Protocol):
     """A connected `robot.cameras.Camera`: `read()` blocks for a frame not returned before."""
@@ -72,7 +78,8 @@ class FrameSource(Protocol):
 
 
 class StopSignal(Protocol):
-    """`robot.estop.EStopListener`: `check()` drains heartbeats and returns an `EStopState` (`may_move`)."""
+    """`robot.estop.EStopListener`: `check()` drains heartbeats and returns an `EStopState` (`may_move`). The
+    collector's e-stop watchdog owns it while a collection or a guarded move runs."""
 
     def check(self, now_ns: int | None = None) -> Any: ...
 
@@ -137,25 +144,35 @@ def _describe(error: Any) -> str:
     return f"{kind}: {message}" if kind and message is not None else str(error)
 
 
+@contextmanager
+def supervised(arm: ArmLike, estop: StopSignal | None) -> Iterator[Watchdog | None]:
+    """The e-stop watchdog for the motions inside the block: it owns `estop` (checked once before anything moves,
+    then at 100 Hz on its thread) and halts the arm on a trip, whatever this thread is doing. None without an
+    e-stop."""
+    if estop is None:
+        yield None
+        return
+    with Watchdog(lambda reason, code: halt(arm, None, reason), estop) as watchdog:
+        yield watchdog
+
+
 class _Guard:
-    """Between every step: arm errors and the e-stop abort (after telling the arm to stop)."""
+    """Between every step: an e-stop latch (the watchdog has already stopped the arm) or an arm error aborts."""
 
-    def __init__(self, arm: ArmLike, estop: StopSignal | None) -> None:
-        self.arm, self.estop, self.where = arm, estop, ""
+    def __init__(self, arm: ArmLike, watchdog: Watchdog | None) -> None:
+        self.arm, self.watchdog, self.where = arm, watchdog, ""
 
-    def abort(self, why: str) -> CollectionAborted:
-        self.arm.stop()
+    def abort(self, why: str, stopped: bool = False) -> CollectionAborted:
+        if not stopped:
+            self.arm.stop()
         return CollectionAborted(f"{self.where}: {why}; the arm was stopped and nothing was calibrated")
 
     def __call__(self) -> None:
+        if self.watchdog is not None and self.watchdog.tripped is not None:
+            raise self.abort(f"{self.watchdog.tripped} (motion not allowed)", stopped=True)
         error = self.arm.poll_error()
         if error is not None:
             raise self.abort(f"arm error {_describe(error)} (recover the arm, then re-run)")
-        if self.estop is not None:
-            state = self.estop.check()
-            if not state.may_move:
-                describe = getattr(state, "describe", None)
-                raise self.abort(f"e-stop {describe() if describe else state} (motion not allowed)")
 
 
 def wait_settled(arm: ArmLike, check: Callable[[], None] = lambda: None, tol_rad: float = 2e-5,
@@ -193,10 +210,11 @@ def go_to(arm: ArmLike, T: np.ndarray, safety: SafetyConfig, *, dynamics: float 
     why = check_pose(T, safety)
     if why is not None:
         raise CalibrationError(f"{what} is outside the safety envelope: {why}")
-    guard = _Guard(arm, estop)
-    guard.where = what
-    _move(arm, T, motion_factor(arm, dynamics, safety), guard, move_timeout_s)
-    return wait_settled(arm, guard)
+    with supervised(arm, estop) as watchdog:
+        guard = _Guard(arm, watchdog)
+        guard.where = what
+        _move(arm, T, motion_factor(arm, dynamics, safety), guard, move_timeout_s)
+        return wait_settled(arm, guard)
 
 
 # ------------------------------------------------------------------------------------------------ observing
@@ -259,8 +277,19 @@ def collect(
         observe = camera_observer(camera, spec)
     dist = np.zeros(5) if dist is None else np.asarray(dist, float)
     col = Collection([], np.asarray(K, float), dist, mode, len(poses))
-    factor = motion_factor(arm, dynamics, safety)
-    guard = _Guard(arm, estop)
+    with supervised(arm, estop) as watchdog:
+        _visit(arm, poses, col, safety, motion_factor(arm, dynamics, safety), _Guard(arm, watchdog), observe,
+               move_timeout_s, reach_tol, settle, progress)
+    if len(col.observations) < min_poses:
+        raise TooFewPosesError(f"{len(col.observations)} usable poses, need at least {min_poses}: "
+                               f"{col.summary()}")
+    return col
+
+
+def _visit(arm: ArmLike, poses: Sequence[np.ndarray], col: Collection, safety: SafetyConfig, factor: float,
+           guard: _Guard, observe: Observe, move_timeout_s: float, reach_tol: tuple[float, float], settle: bool,
+           progress: Callable[[str], None] | None) -> None:
+    """Each pose in turn (see the module docstring), the observations added to `col`."""
     for i, T_goal in enumerate(poses):
         guard.where = f"pose {i + 1}/{len(poses)}"
         why = check_pose(T_goal, safety)
@@ -280,13 +309,9 @@ def collect(
         except BoardNotVisibleError:
             col.not_visible += 1
             continue
-        col.observations.append(Observation(T, obj, img, board_pose(obj, img, col.K, dist)))
+        col.observations.append(Observation(T, obj, img, board_pose(obj, img, col.K, col.dist)))
         if progress is not None:
             progress(f"{guard.where}: board seen ({len(obj)} corners)")
-    if len(col.observations) < min_poses:
-        raise TooFewPosesError(f"{len(col.observations)} usable poses, need at least {min_poses}: "
-                               f"{col.summary()}")
-    return col
 
 
 # ------------------------------------------------------------------------------------------------ poses

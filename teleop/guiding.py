@@ -3,17 +3,22 @@
 Nothing commands the arm here, so the `Runner` (which exists to command it) is not used; this loop only reads.
 Each tick it reads the proprioception, then the cameras, like the runner. The action of tick t is only known
 at tick t+1: it is the delta from the measured pose at t to the measured pose at t+1, i.e. what a policy would
-have had to command at t to follow the operator (CONVENTIONS.md), so tick t reaches the recorder one tick late
+have had to command at t to follow the operator (docs/conventions.md), so tick t reaches the recorder one tick late
 and an episode's last tick has no row. The gripper follows the operator's keys (space toggles, enter ends).
 
 The safety envelope cannot stop a person, but it judges the demonstration: every guided step goes through
 `SafetyEnvelope.filter_target` as if it were commanded, and each rule it trips (too fast a step, outside the
 workspace, ...) is counted in the episode's interventions, so a demo that could not be replayed within the
-limits is visible before it is kept. A latched e-stop ends the episode.
+limits is visible before it is kept.
+
+The e-stop: for the whole run (the scene's move home included, which on a real rig is a commanded joint move) an
+e-stop watchdog (`robot.estop.watchdog`) owns the listener on its own thread; a STOP or a silent console latches the
+arm's interlock, stops the arm and the gripper at once, and ends the episode as aborted:estop at its next tick.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -25,6 +30,7 @@ import numpy as np
 from robot.arm import ArmState
 from robot.cameras import Frame
 from robot.estop.listener import start_motion
+from robot.estop.watchdog import Watchdog, halt
 from robot.execution import delta_between, state_vector
 from robot.runner import CameraLike, EpisodeRecord, GripperLike, Scene, StepSink, StopSignal, TickRecord
 from robot.safety import SafetyConfig, SafetyEnvelope
@@ -66,15 +72,30 @@ class GuidedRecording:
 
     def run(self, episodes: int, scene: Scene, max_s: float, estop_wait_s: float = 10.0) -> list[EpisodeRecord]:
         """Episodes 1..episodes, each from the scene's reset (home), until one is interrupted. With an e-stop, the
-        run starts only once its console allows motion (the reset moves the arm home)."""
+        run starts only once its console allows motion (the reset moves the arm home), and the e-stop watchdog
+        supervises it from then on."""
         if self._estop is not None and not (state := start_motion(self._estop, estop_wait_s, self._clock)).may_move:
             raise EStopRefused(f"e-stop {state.describe()}: start the dv-estop console and release any stop")
         records: list[EpisodeRecord] = []
-        for index in range(1, episodes + 1):
-            if self._stop.is_set() or (records and records[-1].outcome.startswith("aborted:")):
-                break  # interrupted, or a latched e-stop: an operator decides what happens next
-            records.append(self.run_episode(index, scene.reset(index), max_s))
+        watchdog = contextlib.nullcontext() if self._estop is None else Watchdog(self._trip, self._estop)
+        with watchdog:
+            for index in range(1, episodes + 1):
+                if self._stop.is_set() or (records and records[-1].outcome.startswith("aborted:")):
+                    break  # interrupted, or a latched e-stop: an operator decides what happens next
+                try:
+                    instruction = scene.reset(index)
+                except Exception:
+                    if self._stop.is_set():
+                        break  # the stop ended the move home: no episode starts
+                    raise
+                records.append(self.run_episode(index, instruction, max_s))
         return records
+
+    def _trip(self, reason: str, code: str) -> None:
+        """The e-stop watchdog's trip: the arm (when it can be commanded) and the gripper are halted from the
+        watchdog's thread, and the episode ends at its next tick."""
+        halt(self.arm, self.gripper, reason)
+        self.request_stop(reason, code)
 
     def run_episode(self, index: int, instruction: str, max_s: float) -> EpisodeRecord:
         start = self._clock()
@@ -88,11 +109,8 @@ class GuidedRecording:
             time.sleep(max(0.0, (next_tick - self._clock()) / 1e9))
             tick_ns = self._clock()
             next_tick += self._dt_ns * max(1, (tick_ns - next_tick) // self._dt_ns + 1)
-            if self._stop.is_set():
+            if self._stop.is_set():  # interrupted, or the e-stop watchdog tripped (aborted:estop, as the runner)
                 outcome = f"aborted:{self._stop_code}"
-                break
-            if self._estop is not None and not self._estop.check(tick_ns).may_move:
-                outcome = "aborted:estop"  # the console shows why; the runner names it the same way
                 break
             arm = self.arm.read_state()
             frames = self._frames()

@@ -151,7 +151,7 @@ class ReplayResult:
 def replay_episode(root: Path, index: int, *, sim: bool, launch: Path | None = None,
                    seed: int | None = None) -> ReplayResult:
     from robot.arm import Arm, Gripper, GripperConfig
-    from robot.cli import make_scene, open_devices, plan_run
+    from robot.cli import make_scene, open_devices, open_estop, plan_run
     from robot.launch.config import DEFAULT_LAUNCH_FILE
     from robot.policy import ReplayPolicy
     from robot.runner import Runner, RunnerConfig, SimScene
@@ -172,9 +172,10 @@ def replay_episode(root: Path, index: int, *, sim: bool, launch: Path | None = N
         gripper = stack.enter_context(Gripper(GripperConfig(host=arm_cfg.host)))
         scene = SimScene(cell, arm, gripper, seeds=[seed or 0]) if cell is not None else make_scene(args, cell, arm,
                                                                                                   gripper)
+        estop, status = open_estop(plan, stack)  # a replay moves the arm: the launch file's e-stop holds it too
         runner = Runner(cfg, plan.safety, arm=arm, gripper=gripper, cameras=cameras,
                         policy=ReplayPolicy(recorded.actions, cfg.rate_hz, cfg.chunk_length), scene=scene,
-                        task=args.task, policy_name="replay", steps=probe)
+                        task=args.task, policy_name="replay", estop=estop, status=status, steps=probe)
         stack.callback(runner.close)
         summary = runner.run(1)
     record = summary.episodes[0]

@@ -1,17 +1,22 @@
 """`Arm`: the Franka (Panda/FR3) over franky, identical against franky-sim and a real robot.
 
-Why it looks the way it does (safety_reliability.md §1.6):
+Why it looks the way it does (docs/safety.md, the arm and franky):
 - Motions are sent with `move(..., asynchronous=True)`: the call returns in ~0.1 ms and a new motion takes over
   the running one (franky re-plans with Ruckig), so a control loop can stream targets without ever blocking.
 - An asynchronous motion's exception is stored by franky and re-raised on the *next* `move()`,
   `join_motion()` or `poll_motion()`. This class catches every one of them and queues it as an `ArmError`
   for `poll_error()`, which the loop calls each tick — no franky exception escapes `move_to`, `move_joints`,
-  `stop`, `wait`, `is_moving`, `poll_error` or `recover` (`connect` and `read_state` do raise: without a link
-  there is no loop to protect).
+  `stop`, `wait`, `is_moving`, `poll_error` or `recover`. `connect` and `read_state` do raise (a lost link:
+  libfranka's 1 s UDP timeout); the runner turns a failed read into SAFE-HOLD (docs/safety.md S1, R4).
 - The robot-level relative dynamics factor is the ceiling for every motion (franky multiplies the robot,
   motion and move factors), so the bring-up default of 0.1 cannot be exceeded by a per-motion factor.
 - `recover()` checks `robot_mode` as well as `current_errors`, because a Reflex can stay latched after the
   errors clear (franka_ros #32).
+- The e-stop interlock lives here, so no caller can forget it: once `latch_stop()` is called (the e-stop watchdog
+  does, from its own thread), `move_to`, `move_joints` and `recover` refuse (False, and a `StopLatched` error queued)
+  until `clear_stop()`, the operator's new start. The latch is checked under the same lock that sends a motion, so a
+  motion is either sent before the latch (and the stop that follows it pre-empts it) or refused. A blocking move is
+  an asynchronous one followed here in short waits, so a stop from another thread ends it and it returns False.
 
 Not validated here: workspace, speed and step limits — those belong to the safety envelope, which runs before
 any target reaches this class. This class only refuses targets that are not rigid transforms (NaN passes
@@ -21,6 +26,7 @@ franky's position waypoints unchecked).
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ from scipy.spatial.transform import Rotation
 from robot.connection import Connectable
 
 _FAULT_MODES = frozenset({"Reflex", "UserStopped", "AutomaticErrorRecovery"})
+_FOLLOW_S = 0.01  # a blocking move checks for a stop this often
 _ERROR_FLAGS = tuple(n for n in dir(franky.Errors) if isinstance(getattr(franky.Errors, n), property))
 _T = TypeVar("_T")
 # franky cannot switch control mode mid-motion, so a stop must use the running motion's signal type.
@@ -88,7 +95,7 @@ class ArmConfig(BaseModel):
 class ArmState:
     """One proprioceptive snapshot, all fields from the same franky `RobotState` read.
 
-    Frames and units per CONVENTIONS.md: `ee` in `base`, metres, radians, quaternion (x, y, z, w),
+    Frames and units per docs/conventions.md: `ee` in `base`, metres, radians, quaternion (x, y, z, w),
     Euler extrinsic xyz. `ee_twist` is measured (J(q)·dq), [vx, vy, vz, wx, wy, wz] in `base`.
     `wrench_ext` is libfranka's O_F_ext_hat_K (estimated external wrench on the EE, base frame, N / Nm).
     `capture_ns` is `time.monotonic_ns()` right after the read; `robot_time_ms` is the robot's own clock,
@@ -159,14 +166,18 @@ def check_rigid_transform(T: np.ndarray, tol: float = 1e-6) -> np.ndarray:
 class Arm(Connectable):
     """A Franka arm: read state, stream Cartesian targets asynchronously, stop, surface errors, recover.
 
-    Methods are safe to call from the control loop and one other thread (e.g. an e-stop listener calling
-    `stop()`): franky serialises access to the robot and the error queue is a deque.
+    Methods are safe to call from the control loop and one other thread (the e-stop watchdog calling
+    `latch_stop()` and `stop()`): franky serialises access to the robot and the error queue is a deque.
     """
 
     def __init__(self, config: ArmConfig) -> None:
         self.config = config
         self._robot: franky.Robot | None = None
         self._errors: collections.deque[ArmError] = collections.deque()
+        self._motion_lock = threading.Lock()  # orders the stop latch against every motion sent
+        self._latched: str | None = None
+        self._stops = 0  # stops issued: a blocking move that saw one return False
+        self._stopping = False  # the running motion is a stop motion we sent
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -230,34 +241,50 @@ class Arm(Connectable):
     def move_to(self, T_base_target: np.ndarray, asynchronous: bool = True, dynamics_factor: float = 1.0) -> bool:
         """Send the EE to `T_base_target` (4x4, base frame); a running motion is pre-empted and re-planned.
 
-        `dynamics_factor` scales this motion below the robot-level ceiling. Returns False if franky refused
-        (the reason is queued for `poll_error`). Raises ValueError for a non-rigid or non-finite transform.
+        `dynamics_factor` scales this motion below the robot-level ceiling. Returns False if franky refused or a
+        stop is latched (the reason is queued for `poll_error`), or, when blocking, if a stop ended the motion.
+        Raises ValueError for a non-rigid or non-finite transform.
         """
         target = franky.Affine(check_rigid_transform(T_base_target))
-        motion = franky.CartesianMotion(target, franky.ReferenceType.Absolute, dynamics_factor)
-        return self._guard("move_to", lambda: self.robot.move(motion, asynchronous=asynchronous)) is not _FAILED
+        return self._move("move_to", franky.CartesianMotion(target, franky.ReferenceType.Absolute, dynamics_factor),
+                          asynchronous)
 
     def move_joints(self, q: Sequence[float], asynchronous: bool = True, dynamics_factor: float = 1.0) -> bool:
         """Joint-space move, e.g. to the home configuration. Needs the arm at rest if it was in Cartesian mode
-        (franky cannot switch control mode mid-motion); refusals are queued like `move_to`'s."""
+        (franky cannot switch control mode mid-motion); refusals and interruptions as for `move_to`."""
         q_arr = np.asarray(q, dtype=np.float64)
         if q_arr.shape != (7,) or not np.all(np.isfinite(q_arr)):
             raise ValueError(f"expected 7 finite joint positions, got {q_arr!r}")
         motion = franky.JointMotion(franky.JointState(q_arr), franky.ReferenceType.Absolute, dynamics_factor)
-        return self._guard("move_joints", lambda: self.robot.move(motion, asynchronous=asynchronous)) is not _FAILED
+        return self._move("move_joints", motion, asynchronous)
 
     def stop(self) -> bool:
         """Decelerate to rest with franky's stop motion for the active control mode (returns at once).
 
         franky's CartesianStopMotion targets the pose at the moment of the call: the arm brakes within the
-        dynamics ceiling, overshoots a little and settles back there. Returns False if franky refused.
+        dynamics ceiling, overshoots a little and settles back there. Returns False if franky refused. Never waits
+        for another thread (it takes no lock), so the e-stop path cannot be held up by a caller mid-command.
         """
-        robot = self.robot
-        signal = robot.current_control_signal_type
-        if signal is None:
-            return True  # no motion running
-        stop_motion = _STOP_MOTIONS[signal]
-        return self._guard("stop", lambda: robot.move(stop_motion(), asynchronous=True)) is not _FAILED
+        self._stops += 1
+        return self._guard("stop", self._send_stop) is not _FAILED
+
+    # -- the e-stop interlock ----------------------------------------------------------------------------------
+
+    def latch_stop(self, reason: str) -> None:
+        """Refuse every motion (and `recover`) from now on, until `clear_stop()`; the first reason is kept. Does not
+        brake by itself: the e-stop path calls `stop()` right after (see `robot.estop.watchdog.halt`)."""
+        with self._motion_lock:
+            self._latched = self._latched or reason
+
+    def clear_stop(self) -> None:
+        """The operator's new start (a run the e-stop allows): motions are accepted again."""
+        with self._motion_lock:
+            self._latched = None
+
+    @property
+    def stop_latched(self) -> str | None:
+        """Why motion is refused, or None."""
+        return self._latched
 
     def wait(self, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for the current motion to end; True if it ended (errors go to `poll_error`)."""
@@ -279,12 +306,52 @@ class Arm(Connectable):
 
         Blocking — seconds on a real robot (franka_ros #317) — so never call it inside a deadline-critical path.
         """
+        if self._refused("recover"):
+            return False
         if self._guard("recover", self.robot.recover_from_errors) is not True:
             return False
         state = self._guard("recover", self.read_state)
         return isinstance(state, ArmState) and not state.is_faulted
 
     # -- internals -------------------------------------------------------------------------------------------
+
+    def _move(self, during: str, motion: franky.Motion, asynchronous: bool) -> bool:
+        """Send `motion` unless a stop is latched (checked under the lock `latch_stop` takes); a blocking move is
+        sent asynchronously and followed in `_FOLLOW_S` waits, so another thread's stop ends it (then False)."""
+        with self._motion_lock:
+            if self._refused(during):
+                return False
+            stops = self._stops
+            if self._guard(during, lambda: self.robot.move(motion, asynchronous=True)) is _FAILED:
+                return False
+            self._stopping = False
+        if asynchronous:
+            return True
+        while (ended := self._guard("motion", lambda: self.robot.join_motion(_FOLLOW_S))) is False:
+            pass
+        return ended is True and self._stops == stops and self._latched is None
+
+    def _refused(self, during: str) -> bool:
+        """True (and a StopLatched error queued) while a stop is latched."""
+        if self._latched is None:
+            return False
+        self._errors.append(ArmError("StopLatched", f"refused: a stop is latched ({self._latched}); the operator "
+                                     "must start again", during, time.monotonic_ns()))
+        return True
+
+    def _send_stop(self) -> None:
+        """The stop motion for the running motion's signal type; nothing when no motion runs, or when the running
+        motion is already our stop (a second stop motion would brake towards the pose at its own call, further
+        along, and lengthen the stop). Reading the signal type talks to franky too, so it runs inside `_guard` with
+        the stop itself (S1)."""
+        robot = self.robot
+        signal = robot.current_control_signal_type
+        if signal is None:
+            self._stopping = False
+        elif not self._stopping:
+            robot.move(_STOP_MOTIONS[signal](), asynchronous=True)
+            self._stopping = True
+
 
     def _guard(self, during: str, call: Callable[[], _T]) -> _T | _Failed:
         """Run a franky call; on any exception queue an `ArmError` and return `_FAILED`.

@@ -9,10 +9,18 @@ wins, and it keeps a cached width so reading the gripper never touches the netwo
 Faults latch: a command that raises or reports failure (or `latch_fault()` from the safety layer, e.g. on an
 arm reflex) stops all further commands — the fingers keep whatever they hold — until `clear_fault()`.
 Hysteresis on the policy's gripper signal is the safety layer's job, not this class's.
+
+`stop()` (the e-stop, E4; and a command past its timeout, R9) also halts the fingers mid-command: franky's
+`Gripper.stop()` pre-empts the command in flight (~5 ms against franky-sim), and the worker stops following that
+command. franky's stop is a blocking TCP call, so it runs on a helper thread that the caller waits for at most
+`STOP_WAIT_S`: a dead link never holds up the e-stop path. franky-sim (1.0.4) never answers a command that a stop
+pre-empted, and franky then holds every later command behind it, so after a stop mid-command in sim this gripper
+takes no further command for the rest of the process (a real Franka Hand answers the pre-empted command).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +29,21 @@ import franky
 from pydantic import BaseModel, ConfigDict, Field
 
 from robot.connection import Connectable
+
+log = logging.getLogger(__name__)
+
+STOP_WAIT_S = 0.2  # the longest the caller of `stop()` waits for franky's stop to be acknowledged
+# franky grippers whose pre-empted command never completed (franky-sim): kept until the process exits
+_STRANDED: list[object] = []
+
+
+def _franky_stop(gripper: franky.Gripper) -> bool:
+    """franky's blocking stop; a failure is logged (the caller has latched the fault either way)."""
+    try:
+        return bool(gripper.stop())
+    except Exception as e:  # noqa: BLE001 - franky raises several unrelated types
+        log.warning("gripper stop failed: %s: %s", type(e).__name__, e)
+        return False
 
 
 class GripperConfig(BaseModel):
@@ -68,6 +91,8 @@ class Gripper(Connectable):
         self._width_ns = 0
         self._closing = False
         self._worker: threading.Thread | None = None
+        self._abandon = False  # a stop pre-empted the command the worker follows: stop following it
+        self._stranded = False  # franky still holds a pre-empted command: the connection cannot be released
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -96,6 +121,8 @@ class Gripper(Connectable):
             if self._worker.is_alive():
                 return
         self._worker = None
+        if self._stranded:
+            _STRANDED.append(self._gripper)  # its destructor would wait, holding the GIL, for a reply that never comes
         self._gripper = None
 
     # -- the loop's side: never blocks on I/O --------------------------------------------------------------------
@@ -118,6 +145,26 @@ class Gripper(Connectable):
         """Hold the fingers as they are and refuse commands (e.g. the arm faulted) until `clear_fault()`."""
         with self._cond:
             self._fault = self._fault or reason
+
+    def stop(self, reason: str) -> bool:
+        """Halt the fingers now and latch `reason` (the e-stop: E4). A command in flight is pre-empted by franky's
+        stop and no longer followed; no new command is sent until `clear_fault()`. Waits at most `STOP_WAIT_S`;
+        True if franky acknowledged the stop in that time."""
+        with self._cond:
+            self._fault = self._fault or reason
+            self._abandon = self._busy
+            self._cond.notify_all()
+        gripper = self._gripper
+        if gripper is None:
+            return False
+        done, acknowledged = threading.Event(), [False]
+
+        def call() -> None:
+            acknowledged[0] = _franky_stop(gripper)
+            done.set()
+
+        threading.Thread(target=call, name="gripper-stop", daemon=True).start()
+        return done.wait(STOP_WAIT_S) and acknowledged[0]
 
     def clear_fault(self) -> None:
         """Allow commands again; the next request is sent even if it matches the last one issued."""
@@ -159,8 +206,11 @@ class Gripper(Connectable):
         cfg = self.config
         gripper = self._gripper
         assert gripper is not None
+        what = "open" if open_ else "grasp"
         with self._cond:
-            self._busy = True
+            if self._fault is not None:  # a stop (or a fault) came after the request was taken: send nothing
+                return
+            self._busy, self._abandon = True, False
             self._issued_open = open_
         try:
             if open_:
@@ -171,12 +221,14 @@ class Gripper(Connectable):
             deadline = time.monotonic() + cfg.command_timeout_s
             while not future.wait(cfg.poll_period_s):
                 self._refresh()
-                if time.monotonic() > deadline:  # keep following it: franky's future cannot be abandoned
-                    self.latch_fault(
-                        f"gripper {'open' if open_ else 'grasp'} still running after {cfg.command_timeout_s} s"
-                    )
-            if not future.get():
-                self.latch_fault(f"gripper {'open' if open_ else 'grasp'} reported failure")
+                if not self._abandon and time.monotonic() > deadline:  # R9: a hung command is stopped
+                    self.stop(f"gripper {what} still running after {cfg.command_timeout_s} s")
+                if self._abandon:  # pre-empted by a stop: franky may never complete this future
+                    _franky_stop(gripper)  # again: the stop may have reached franky just before this command
+                    self._stranded = True
+                    return
+            if not future.get() and not self._abandon:
+                self.latch_fault(f"gripper {what} reported failure")
         except Exception as e:  # noqa: BLE001 - franky raises several unrelated types; all mean "fault"
             self.latch_fault(f"{type(e).__name__}: {e}")
         finally:

@@ -1,11 +1,13 @@
-"""The software e-stop: the `dv-estop` console's dead-man heartbeat, the robot's `EStopListener`, and the status
-channel the runner publishes for the console.
+"""The software e-stop: the `dv-estop` console's dead-man heartbeat, the robot's `EStopListener`, the `Watchdog`
+that services it on a thread of its own and halts the arm, and the status channel the runner publishes for the
+console.
 
-Nothing here is safety-rated (safety_reliability.md §0): the hardware e-stop stays the real safety function.
+Nothing here is safety-rated (docs/safety.md): the hardware e-stop stays the real safety function.
 """
 
 from robot.estop.listener import EStopListener, EStopMode, EStopState, StopReason
 from robot.estop.status import StatusPublisher
+from robot.estop.watchdog import Watchdog, halt
 from robot.estop.wire import HEARTBEAT_ENDPOINT, STATUS_ENDPOINT, Latency, RobotState, RobotStatus
 
 __all__ = [
@@ -19,4 +21,6 @@ __all__ = [
     "RobotStatus",
     "StatusPublisher",
     "StopReason",
+    "Watchdog",
+    "halt",
 ]

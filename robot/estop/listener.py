@@ -5,7 +5,7 @@ counter, on a heartbeat from an earlier console session, and when another consol
 armed or moving (one console per robot).
 A latch is released only by a RESUME the operator confirmed on the console (a `resumes` increase), and even
 then only into ARMED: motion restarts when the runner calls `begin_motion()` at a new start, never by itself
-(ISO 13850 "reset shall not restart"; safety_reliability.md §2.4, rows E1-E3).
+(ISO 13850 "reset shall not restart"; docs/safety.md, rows E1-E3).
 
 Silence is measured on the heartbeats' own timestamps, not on when `check()` happened to drain them: the
 listener tracks the smallest (receive − send) offset over a sliding window and dates each heartbeat at
@@ -15,8 +15,9 @@ host; the window bounds the effect of clock drift. Every input can only make the
 fresher) than "received at the drain", so a misbehaving console can trip the stop early but never hold it off.
 
 Threading: one thread owns the listener (calls `check`/`poll`/`wait`/`begin_motion`); other threads read `state`.
-A loop that checks once per 66 ms tick reacts to a STOP within a tick; to issue the stop within milliseconds,
-wait for the next tick with `poll(time_left)` instead of sleeping and `check()` as soon as it returns True.
+The owner hands it over only with a happens-before (a thread's start or join). In the runner, calibration and
+hand-guiding the owner is `robot.estop.watchdog.Watchdog`: `begin_motion` runs on the caller's thread at the
+start, then the watchdog's thread loops on `wait(10 ms)`, so a STOP is applied the moment it arrives.
 """
 
 from __future__ import annotations

@@ -24,3 +24,8 @@ class RunnerConfig(BaseModel):
     estop_wait_s: float = Field(10.0, gt=0, description="At the start of a run, the longest wait for a required "
                                 "e-stop console to connect.")
     policy_reset_timeout_s: float = Field(10.0, gt=0, description="The longest wait for the policy's episode reset.")
+    watchdog_timeout_s: float = Field(0.15, gt=0.02, le=1.0, description="The e-stop watchdog latches a stop when "
+                                      "the loop has not ticked for this long during an episode (S2: a stalled loop "
+                                      "supervises nothing). The loop beats at least every 10 ms; detection plus a "
+                                      "stop from full speed at the bring-up dynamics stays within 500 ms. "
+                                      "Range (0.02, 1] s.")

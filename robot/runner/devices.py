@@ -30,6 +30,14 @@ class ArmLike(Protocol):
 
     def recover(self) -> bool: ...
 
+    def latch_stop(self, reason: str) -> None:
+        """The e-stop interlock: refuse every motion (and recovery) until `clear_stop`."""
+        ...
+
+    def clear_stop(self) -> None:
+        """The operator's new start: motions are accepted again."""
+        ...
+
 
 class GripperLike(Protocol):
     def open(self) -> bool: ...
@@ -43,17 +51,22 @@ class GripperLike(Protocol):
 
     def clear_fault(self) -> None: ...
 
+    def stop(self, reason: str) -> bool:
+        """Latch `reason` and halt the fingers mid-command (the e-stop, E4)."""
+        ...
+
 
 class CameraLike(Protocol):
     def read_latest(self) -> Frame | None: ...
 
 
 class StopSignal(Protocol):
-    """The e-stop listener (`robot.estop.EStopListener`), owned by the loop's thread: `check` every tick (motion
-    only while `may_move`), `begin_motion` once at the operator's start of a run (ARMED -> RUN).
+    """The e-stop listener (`robot.estop.EStopListener`): `begin_motion` once at the operator's start of a run
+    (ARMED -> RUN, on the caller's thread), then the run's e-stop watchdog owns it and `check`s it at 100 Hz (motion
+    only while `may_move`).
 
-    Optionally also `poll(timeout_s) -> bool` (block until a message is waiting): when present the loop waits for
-    its next tick on it and applies a STOP the moment it arrives (≤ 10 ms) instead of at the next tick."""
+    Optionally also `wait(timeout_s) -> EStopState` (block until a message arrives, then check): when present the
+    watchdog sleeps on it and applies a STOP the moment it arrives (≤ 10 ms)."""
 
     def check(self, now_ns: int | None = None) -> EStopState: ...
 

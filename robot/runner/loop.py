@@ -1,12 +1,17 @@
 """`Runner`: the control loop that turns observations into safe Cartesian targets, one tick at a time.
 
+The e-stop is not the loop's job: for the whole run (between episodes, during the move home, during every tick) an
+e-stop watchdog on its own thread (`robot.estop.watchdog`) services the listener at 100 Hz and watches this loop's
+tick. On a STOP, a silent console or a stalled loop it calls `request_stop` from its thread: the arm's interlock
+latches (no motion is accepted from then on, whoever sends it), the arm and the gripper are stopped at once (E1:
+≤ 10 ms after the console's STOP), and the loop, woken, ends the episode as aborted:<code>. A latched stop never
+clears itself; only the operator's next run (a new `Runner.run` that the e-stop allows) releases the arm.
+
 Each tick (15 Hz by default), in this order:
-1. the e-stop: a latched stop ends everything; motion never restarts by itself. Between ticks (and while waiting
-   for a reply) the loop waits on the listener's socket, not in a sleep, so a STOP or a heartbeat wakes it and a
-   stop is issued within about a millisecond of its arrival instead of at the next tick (issue 4 §7: ≤ 10 ms);
-   the tick schedule itself is unchanged (a wake-up goes back to waiting out the rest of the tick);
-2. proprioception, then Franka errors (polled every tick: franky re-raises an asynchronous motion's error only
-   when asked, franky #63), then the measured-state reactions (force, torque, joint limits);
+1. a latched stop ends the episode; the loop beats the watchdog here and in every wait (at least every 10 ms);
+2. proprioception (O5: a state whose robot clock did not advance since the last tick is stale: no motion from it,
+   a miss), then Franka errors (polled every tick: franky re-raises an asynchronous motion's error only when
+   asked, franky #63), then the measured-state reactions (force, torque, joint limits);
 3. the images (never blocking: the newest frame of each camera, refused when too old);
 4. the policy: a request goes to the inference worker when the mode asks for one, and the loop waits for the
    reply at most `reply_wait` of a tick; a reply is validated as a whole and placed on the timeline;
@@ -16,13 +21,16 @@ Each tick (15 Hz by default), in this order:
 6. the action for this tick, composed on the last commanded target and filtered by the envelope, goes to the
    arm (asynchronous, pre-empting); the gripper follows the hysteresis.
 
-SAFE-HOLD (safety_reliability.md §6) is an aborted episode: stop issued, no new motion, the gripper latched
-where it is, the reason logged and recorded as `aborted:<reason>`, and no exception leaves the loop.
+SAFE-HOLD (docs/safety.md) is an aborted episode: stop issued, no new motion, the gripper latched where it is, the
+reason logged and recorded as `aborted:<reason>`, and no exception leaves the loop (S1): a failed reset, a state
+read on a lost link (R4), a recorder that raises at the episode's begin or end all end that way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +41,7 @@ import numpy as np
 from robot.arm import ArmError, ArmState
 from robot.cameras import Frame
 from robot.estop.listener import start_motion
+from robot.estop.watchdog import Watchdog, halt
 from robot.estop.wire import Latency, RobotState, RobotStatus
 from robot.execution import Timeline, compose, delta_between, predicted_positions, state_vector
 from robot.policy import Observation, Policy, PolicyChunk, PolicyFailure
@@ -50,9 +59,14 @@ log = logging.getLogger("robot.runner")
 _FATAL_FAILURES = {"session_lost": "session_lost", "contract": "contract_mismatch"}
 _MISS_REASONS = {"timeout": "policy_timeout", "server_error": "policy_error", "internal": "policy_error"}
 _STATUS_STAGES = ("obs_to_action", "infer", "state_read", "tick_period")
-# While the loop waits for a policy reply it waits on the worker, and looks at the e-stop socket this often:
-# the bound on the stop-issue delay during a reply wait (between ticks the loop waits on the socket itself).
-_ESTOP_SLICE_S = 0.002
+# Every wait of the loop (for the next tick, for a reply) is cut into slices this long: the loop beats the e-stop
+# watchdog and looks at the stop latch between them.
+_WAIT_SLICE_S = 0.01
+# O5: the robot state comes at 1 kHz; a robot clock that has not moved while ours moved this much is a stale copy.
+_STATE_STALE_NS = 5_000_000
+# libfranka's error flags inside an exception message: ... ["cartesian_reflex", "joint_reflex"]
+_FLAG_LIST = re.compile(r"\[([^\[\]]*)\]")
+_FLAG_NAME = re.compile(r'"(\w+)"')
 
 
 def _ms(ns: int) -> float:
@@ -91,6 +105,17 @@ class _Episode:
         self.events.append(f"{(now_ns - self.t_start_ns) / 1e9:6.2f}s {text}")
 
 
+def error_flags(error: ArmError | None, state: ArmState | None) -> frozenset[str]:
+    """The libfranka error flags an arm error names: those listed in its message (libfranka writes them as
+    ["cartesian_reflex", ...]) and those set in the robot state. Empty when none is named (a lost link, a user
+    stop): such an error is never recovered automatically."""
+    names = set(state.errors) if state is not None else set()
+    if error is not None:
+        for group in _FLAG_LIST.findall(error.message):
+            names.update(_FLAG_NAME.findall(group))
+    return frozenset(names)
+
+
 class Runner:
     """Runs episodes of one task: reset, loop, record. Devices come in connected; `close()` stops the worker."""
 
@@ -102,15 +127,15 @@ class Runner:
         self.arm, self.gripper, self.cameras, self.scene = arm, gripper, dict(cameras), scene
         self.task, self.policy_name = task, policy_name
         self._estop, self._status, self._steps, self._clock = estop, status, steps, clock
-        # A listener with `poll` (the real `EStopListener`) wakes the loop between ticks; without it the loop
-        # sleeps and checks once per tick.
-        self._estop_poll: Callable[[float], bool] | None = getattr(estop, "poll", None)
+        # Owns the listener while a run is under way (see `run`); trips `request_stop` from its own thread.
+        self._watchdog = Watchdog(self.request_stop, estop, tick_timeout_s=config.watchdog_timeout_s, clock=clock)
+        self._wake = threading.Event()  # set by a latched stop: ends the loop's waits at once
         self._dt_ns = round(1e9 / config.rate_hz)
         self._deadline_ns = round(safety.deadline_s(config.chunk_length, config.rate_hz) * 1e9)
         self.envelope = SafetyEnvelope(safety, 1.0 / config.rate_hz, config.chunk_length)
         self.interventions = self.envelope.interventions
         self._worker = PolicyWorker(policy)
-        self._lock = threading.Lock()  # orders the stop latch against motion commands from the loop
+        self._lock = threading.Lock()  # orders the runner's stop latch against motion commands from the loop
         self._stop_reason: str | None = None
         self._stop_code = ""
         self._fault: str | None = None  # needs an operator: no further episode starts
@@ -119,24 +144,28 @@ class Runner:
         self._run_state = RobotState.PAUSE
         self._episode_index, self._episodes_planned = 0, 0
         self._last_error = ""
-        self._estop_text = ""
+        self._estop_text = ""  # the e-stop at the run's start; the watchdog's newest state once it runs
         self._latency = LatencyStats()  # every episode's samples, for the run's summary
 
     # ------------------------------------------------------------------ e-stop hook
 
     def request_stop(self, reason: str, code: str = "estop") -> None:
-        """Stop now and latch, from any thread (an e-stop supervisor can call this directly for a ≤ 10 ms reaction).
-        The running episode ends as aborted:<code>; no later episode of this runner starts: a latched stop never
-        clears itself."""
+        """Stop now and latch, from any thread: the e-stop watchdog calls this on a trip, a signal handler on Ctrl-C.
+        The devices are halted first, without the runner's lock (a loop thread stuck in a call cannot delay it): the
+        arm's interlock latches, the arm stops, the gripper stops (E4). The running episode ends as aborted:<code>
+        (the loop is woken); no later episode of this runner starts: a latched stop never clears itself."""
+        if self._stop_reason is None:
+            halt(self.arm, self.gripper, reason)  # two racing first calls both halt: harmless
+        else:
+            self.arm.stop()
         with self._lock:
             first = self._stop_reason is None
             if first:
                 self._stop_reason, self._stop_code = reason, code
-            self.arm.stop()
         if first:
-            self.gripper.latch_fault(f"stop: {reason}")
             self._run_state = RobotState.STOP
             log.warning("STOP latched: %s", reason)
+        self._wake.set()
 
     @property
     def stop_reason(self) -> str | None:
@@ -153,24 +182,29 @@ class Runner:
         stopped = ""
         if self._estop is not None:
             self._start_estop()
-        for index in range(1, episodes + 1):
-            if self._recover is not None:
-                self._recover_arm()
-            if self._stop_reason is not None or self._fault is not None:
-                stopped = (f"stop latched: {self._stop_reason}" if self._stop_reason
-                           else f"needs operator: {self._fault}")
-                break
-            records.append(self._run_episode(index))
+        if self._stop_reason is None:
+            self.arm.clear_stop()  # the operator's start, allowed by the e-stop: an earlier run's latch is released
+        with self._watchdog:  # from here to the end of the run the watchdog owns the listener
+            for index in range(1, episodes + 1):
+                if self._stop_reason is None and self._recover is not None:
+                    self._recover_arm()
+                if self._stop_reason is not None or self._fault is not None:
+                    stopped = (f"stop latched: {self._stop_reason}" if self._stop_reason
+                               else f"needs operator: {self._fault}")
+                    break
+                records.append(self._run_episode(index))
         if stopped:
             log.warning("run ended early (%s)", stopped)
         self._publish(None, force=True)
         return RunSummary(self.task, self.config.mode, self.policy_name, records, self._latency.summary(), stopped)
 
     def close(self) -> None:
+        self._watchdog.close()
         self._worker.close()
 
     def _start_estop(self) -> None:
-        """The run is the operator's start: wait for a console if one is required, then ARMED -> RUN."""
+        """The run is the operator's start: wait for a console if one is required, then ARMED -> RUN (on the
+        caller's thread: the watchdog takes the listener over only after this)."""
         assert self._estop is not None
         state = start_motion(self._estop, self.config.estop_wait_s, self._clock)
         self._estop_text = state.describe()
@@ -194,13 +228,34 @@ class Runner:
         self._run_state = RobotState.PAUSE
         self._publish(None, force=True)
         start = self._clock()
+        ep = self._prepare(index, start)
+        if isinstance(ep, EpisodeRecord):
+            return ep
+        log.info("episode %d: %s", index, ep.instruction)
+        self._run_state = RobotState.RUN
+        self._drive(ep)
+        return self._end_steps(self._finish(ep))
+
+    def _prepare(self, index: int, start: int) -> _Episode | EpisodeRecord:
+        """Reset the scene (the move home: the watchdog can stop it), check the arm, reset the policy: the episode
+        to run, or the record of one that ended before its loop (then `_fault` says whether the run goes on)."""
         try:
             instruction = self.scene.reset(index)
         except Exception as exc:  # noqa: BLE001 - a failed reset needs the operator, it must not crash the run
+            if self._stop_reason is not None:  # the stop ended the move home: not a reset failure
+                log.warning("episode %d: the reset was stopped (%s): %s", index, self._stop_reason, exc)
+                return self._early_record(index, "", f"aborted:{self._stop_code}", start)
             log.exception("reset for episode %d failed", index)
             self._fault = f"reset failed: {exc}"
             return self._early_record(index, "", "aborted:reset_failed", start)
-        state, error = self.arm.read_state(), self.arm.poll_error()
+        if self._stop_reason is not None:  # latched while the reset ran: the episode must not start
+            return self._early_record(index, instruction, f"aborted:{self._stop_code}", start)
+        try:
+            state, error = self.arm.read_state(), self.arm.poll_error()
+        except Exception as exc:  # noqa: BLE001 - R4: a lost FCI link raises here (libfranka's 1 s UDP timeout)
+            self._fault = self._last_error = f"arm state unreadable: {type(exc).__name__}: {exc}"
+            log.error("episode %d: %s", index, self._fault)
+            return self._early_record(index, instruction, "aborted:arm_error", start)
         if error is not None or state.is_faulted:
             self._fault = self._describe(error, state)
             return self._early_record(index, instruction, "aborted:arm_error", start)
@@ -212,21 +267,43 @@ class Runner:
         now = self._clock()
         timeline = Timeline(self.config.mode, now, self._dt_ns, round(self.safety.max_obs_age_s * 1e9),
                             self.interventions, self.config.ensemble_k)
-        ep = _Episode(index, instruction, timeline, state, state.T_base_ee.copy(), now, last_action_ns=now,
-                      last_frames_ns=now, next_success_ns=now + round(self.config.success_check_period_s * 1e9))
-        log.info("episode %d: %s", index, instruction)
-        self._run_state = RobotState.RUN
-        if self._steps is not None:
-            self._steps.begin(index, instruction)
+        return _Episode(index, instruction, timeline, state, state.T_base_ee.copy(), now, last_action_ns=now,
+                        last_frames_ns=now, next_success_ns=now + round(self.config.success_check_period_s * 1e9))
+
+    def _drive(self, ep: _Episode) -> None:
+        """The recorder's begin and the loop, under the S1 handler and the watchdog's eye on the tick."""
         try:
+            if self._steps is not None:
+                try:
+                    self._steps.begin(ep.index, ep.instruction)
+                except Exception as exc:  # noqa: BLE001 - e.g. an OSError from the dataset: SAFE-HOLD
+                    return self._recorder_failed(ep, "begin", exc)
+            self._watchdog.watch(True)
             self._loop(ep)
         except Exception as exc:  # noqa: BLE001 - S1: a bug in the loop becomes SAFE-HOLD, never an escape
             log.exception("control loop failed")
             self._fault = f"{type(exc).__name__}: {exc}"
             self._abort(ep, f"exception:{type(exc).__name__}")
-        record = self._finish(ep)
-        if self._steps is not None:
+        finally:
+            self._watchdog.watch(False)
+        return None
+
+    def _recorder_failed(self, ep: _Episode, stage: str, exc: Exception) -> None:
+        log.exception("the recorder failed at the episode's %s", stage)
+        self._fault = f"recorder {stage}: {type(exc).__name__}: {exc}"
+        self._abort(ep, "recorder")
+
+    def _end_steps(self, record: EpisodeRecord) -> EpisodeRecord:
+        """Hand the finished episode to the recorder (the arm is at rest); if that raises (an OSError on commit or
+        abort), the episode is recorded as aborted:recorder and the run waits for the operator."""
+        if self._steps is None:
+            return record
+        try:
             self._steps.end(record)
+        except Exception as exc:  # noqa: BLE001 - S1: the recorder's failure must not escape the run
+            log.exception("the recorder failed at the episode's end")
+            self._fault = f"recorder end: {type(exc).__name__}: {exc}"
+            return dataclasses.replace(record, outcome="aborted:recorder", success=False)
         return record
 
     def _early_record(self, index: int, instruction: str, outcome: str, start: int) -> EpisodeRecord:
@@ -294,58 +371,59 @@ class Runner:
         self._pause(ep, t_ns)
 
     def _pause(self, ep: _Episode, t_ns: int) -> None:
-        """Wait until `t_ns`, acting on every e-stop message the moment it arrives (E1: stop issued ≤ 10 ms after
-        the console's STOP). A heartbeat wakes the wait too: it is applied and the wait goes on to `t_ns`."""
+        """Wait until `t_ns` in slices (the watchdog hears the loop beat); a latched stop wakes the wait and ends
+        the episode at once (the stop itself was already issued by whoever latched it)."""
         while ep.outcome is None and (left := t_ns - self._clock()) > 0:
-            if self._estop_poll is None or left < 1_000_000:  # zmq polls in whole milliseconds
-                time.sleep(left / 1e9)
-                return
-            if self._estop_poll(left / 1e9):
-                self._on_estop_message(ep)
+            self._watchdog.beat()
+            if self._wake.wait(min(left / 1e9, _WAIT_SLICE_S)):
+                self._check_stop(ep)
 
-    def _on_estop_message(self, ep: _Episode) -> bool:
-        """The listener's socket has a message: apply it now (not at the next tick); True if the episode ended."""
-        assert self._estop is not None
-        state = self._estop.check(self._clock())
-        self._estop_text = state.describe()
-        if not state.may_move:
-            self.request_stop(f"e-stop {state.describe()}")
+    def _check_stop(self, ep: _Episode) -> bool:
+        """A latched stop ends the episode (aborted:<code>); True if the episode has ended."""
         if self._stop_reason is not None and ep.outcome is None:
             self._abort(ep, self._stop_code)
         return ep.outcome is not None
 
+    def _check_estop(self) -> None:
+        """Beside the watchdog's own trip, every tick: the listener's newest state (as the watchdog last saw it)
+        must allow motion, and the watchdog itself must be running."""
+        state = self._watchdog.state
+        if state is not None and not state.may_move:
+            self.request_stop(f"e-stop {state.describe()}")
+        if not self._watchdog.alive:
+            self.request_stop("the e-stop watchdog is not running", "watchdog")
+
     def _await_reply(self, ep: _Episode, timeout_s: float) -> Done | None:
-        """The worker's result, waiting up to `timeout_s`; with an e-stop listener the wait is cut into slices of
-        `_ESTOP_SLICE_S` between which its socket is looked at, so a STOP during the wait is acted on at once."""
-        if self._estop_poll is None or timeout_s <= 0:
-            return self._worker.result(timeout_s)
-        until = self._clock() + round(timeout_s * 1e9)
+        """The worker's result, waiting up to `timeout_s` in slices of `_WAIT_SLICE_S`, between which the loop
+        beats the watchdog and a latched stop ends the wait."""
+        until = self._clock() + round(max(timeout_s, 0.0) * 1e9)
         while True:
+            self._watchdog.beat()
             left = (until - self._clock()) / 1e9
-            done = self._worker.result(min(max(left, 0.0), _ESTOP_SLICE_S))
+            done = self._worker.result(min(max(left, 0.0), _WAIT_SLICE_S))
             if done is not None:
                 return done
-            if self._estop_poll(0.0) and self._on_estop_message(ep):
-                return None
-            if left <= _ESTOP_SLICE_S:
+            if self._check_stop(ep) or left <= _WAIT_SLICE_S:
                 return None
 
     def _tick(self, ep: _Episode, tick_ns: int) -> None:
         slot, T_before, open_before = ep.timeline.slot(tick_ns), ep.T_cmd, ep.gripper_open
-        if self._estop is not None:
-            estop = self._estop.check(tick_ns)
-            self._estop_text = estop.describe()
-            if not estop.may_move:
-                self.request_stop(f"e-stop {estop.describe()}")
-        if self._stop_reason is not None:
-            return self._abort(ep, self._stop_code)
+        self._watchdog.beat()
+        self._check_estop()
+        if self._check_stop(ep):
+            return None
 
-        t = self._clock()
-        ep.state = state = self.arm.read_state()  # proprioception first, then the images
+        t, previous = self._clock(), ep.state
+        try:
+            ep.state = state = self.arm.read_state()  # proprioception first, then the images
+        except Exception as exc:  # noqa: BLE001 - R4: a lost FCI link raises here, after libfranka's 1 s timeout
+            return self._arm_failed(ep, f"arm state unreadable: {type(exc).__name__}: {exc}", recoverable=False)
         ep.latency.add("state_read", _ms(self._clock() - t))
         error = self.arm.poll_error()
         if error is not None or state.is_faulted:
             return self._arm_fault(ep, error, state)
+        if state.robot_time_ms <= previous.robot_time_ms and state.capture_ns - previous.capture_ns > _STATE_STALE_NS:
+            return self._stale_state(ep, state)
         unsafe = self.envelope.check_state(state.wrench_ext, state.joint_positions, state.ee_twist)
         if unsafe is not None:
             return self._abort(ep, unsafe.rule)
@@ -552,16 +630,31 @@ class Runner:
             self._run_state = RobotState.HOLD
 
     def _arm_fault(self, ep: _Episode, error: ArmError | None, state: ArmState) -> None:
-        """R1/R2: a Franka error is SAFE-HOLD; only allow-listed errors are recovered, and only between episodes."""
-        description = self._describe(error, state)
+        """R1/R2/R5: a Franka error (or a Reflex/UserStopped mode) is SAFE-HOLD. It is recovered automatically,
+        between episodes, only if every libfranka error flag it names is on the allow-list, matched exactly: an
+        error that names no flag (a user stop, a lost link) or any flag not listed (a reflex) needs the operator."""
+        names = error_flags(error, state)
+        allowed = bool(names) and names <= set(self.safety.auto_recover_errors)
+        self._arm_failed(ep, self._describe(error, state), recoverable=allowed)
+
+    def _arm_failed(self, ep: _Episode, description: str, recoverable: bool) -> None:
         self._last_error = description
         self.interventions.record("arm_error", description, severe=True)
-        allowed = any(name in description for name in self.safety.auto_recover_errors)
-        if allowed and self._recoveries < self.safety.max_auto_recoveries:
+        if recoverable and self._recoveries < self.safety.max_auto_recoveries:
             self._recover = description
         else:
             self._fault = description
         self._abort(ep, "arm_error")
+
+    def _stale_state(self, ep: _Episode, state: ArmState) -> None:
+        """O5: the robot's own clock (1 kHz) did not advance since the last read, more than 5 ms ago: a stale copy
+        (franky serves its last buffered state while a dying link times out). Nothing moves on it: a miss (HOLD,
+        stop issued); misses in a row abort the episode, and the run then needs the operator."""
+        detail = f"robot state not updated since the last tick (robot time {state.robot_time_ms} ms)"
+        self.interventions.record("state_stale", detail, severe=True)
+        self._miss(ep, "state_stale", detail)
+        if ep.outcome is not None:
+            self._fault = self._last_error = f"robot state stale: {detail}"
 
     @staticmethod
     def _describe(error: ArmError | None, state: ArmState | None) -> str:
@@ -586,7 +679,7 @@ class Runner:
             latency_ms={s: Latency(p50_ms=latency[s]["p50"], p95_ms=latency[s]["p95"])
                         for s in _STATUS_STAGES if s in latency},
             interventions=dict(self.interventions.counts), last_error=self._last_error,
-            estop=self._estop_text)
+            estop=self._watchdog.state.describe() if self._watchdog.state is not None else self._estop_text)
         try:
             self._status.publish(status)
         except Exception:  # noqa: BLE001 - the console is a viewer; its failure must not stop the loop

@@ -26,7 +26,7 @@ class TickRecord:
     commanded before the tick: what a policy would have been sent). frames: the newest frame of every camera, or
     None when a camera had no usable frame (the tick cannot be a dataset row). action: [dx, dy, dz, droll,
     dpitch, dyaw, gripper] that takes the target commanded before the tick to `target` (zeros when the tick moved
-    nothing; CONVENTIONS.md), gripper 1 = open. target: the 4x4 commanded target after the tick, in `base`.
+    nothing; docs/conventions.md), gripper 1 = open. target: the 4x4 commanded target after the tick, in `base`.
     """
 
     tick: int

@@ -50,6 +50,8 @@ class FakeArm:
         self.moves: list[tuple[np.ndarray, float]] = []
         self.stops, self.settle_reads, self._unsettled = 0, settle_reads, 0
         self.errors = errors or {}
+        self.latched: str | None = None
+        self.stop_times: list[int] = []
 
     @property
     def settled(self) -> bool:
@@ -62,6 +64,8 @@ class FakeArm:
         return SimpleNamespace(T_base_ee=self.T.copy(), joint_positions=self.q.copy())
 
     def move_to(self, T: np.ndarray, asynchronous: bool = True, dynamics_factor: float = 1.0) -> bool:
+        if self.latched is not None:  # the real arm's interlock
+            return False
         self.moves.append((T, dynamics_factor))
         self.T, self._unsettled = np.array(T), self.settle_reads
         return True
@@ -71,7 +75,11 @@ class FakeArm:
 
     def stop(self) -> bool:
         self.stops += 1
+        self.stop_times.append(time.monotonic_ns())
         return True
+
+    def latch_stop(self, reason: str) -> None:
+        self.latched = self.latched or reason
 
     def poll_error(self) -> object | None:
         return self.errors.pop(len(self.moves), None)
@@ -141,14 +149,19 @@ def test_frames_without_the_board_are_counted_and_too_few_poses_refused():
 
 
 def test_estop_latch_stops_the_collection():
+    """E1 during calibration: the collector's e-stop watchdog checks the listener at 100 Hz on its own thread; the
+    check that reports STOPPED latches the arm's interlock and stops it ≤ 10 ms later (mid-move, not at the next
+    pose), the collection aborts naming the e-stop, and no pose is sent after it."""
+
     class Latching:
         def __init__(self, after: int) -> None:
-            self.calls, self.after = 0, after
+            self.calls, self.after, self.stopped_ns = 0, after, 0
 
         def check(self, now_ns: int | None = None) -> SimpleNamespace:
             self.calls += 1
             if self.calls <= self.after:
                 return SimpleNamespace(may_move=True, describe=lambda: "RUN")
+            self.stopped_ns = self.stopped_ns or time.monotonic_ns()
             return SimpleNamespace(may_move=False, describe=lambda: "STOPPED (stop_command)")
 
     arm = FakeArm()
@@ -157,6 +170,7 @@ def test_estop_latch_stops_the_collection():
         _collect(arm, FakeCamera(arm), _poses(6), estop=estop)
     moved = len(arm.moves)
     assert 1 <= moved < 6 and arm.stops == 1
+    assert arm.latched and (arm.stop_times[0] - estop.stopped_ns) / 1e6 <= 10
     # not in RUN (waiting for a console, or armed without a start): no move at all
     arm = FakeArm()
     with pytest.raises(CollectionAborted, match="pose 1/6: e-stop"):
