@@ -414,12 +414,13 @@ def rss_mb() -> float:
 
 
 class RssProbe:
-    """A step sink that notes the process's RSS at the end of every episode (the loop's own hook, after the arm is at
-    rest): (seconds since the soak began, episodes so far, MiB)."""
+    """A step sink that notes, at the end of every episode (the loop's own hook, after the arm is at rest), the
+    process's RSS and the Python allocator's live blocks: RSS growth with flat blocks is native memory (renderer,
+    allocator arenas), not Python objects piling up. Samples: (seconds since the soak began, MiB, blocks)."""
 
     def __init__(self) -> None:
         self.t0 = time.monotonic()
-        self.samples: list[tuple[float, int, float]] = []
+        self.samples: list[tuple[float, float, int]] = []
         self.ticks = 0
 
     def begin(self, episode: int, instruction: str) -> None:
@@ -429,22 +430,29 @@ class RssProbe:
         self.ticks += 1
 
     def end(self, record: Any) -> None:
-        self.samples.append((time.monotonic() - self.t0, len(self.samples) + 1, rss_mb()))
+        self.samples.append((time.monotonic() - self.t0, rss_mb(), sys.getallocatedblocks()))
 
 
-def rss_report(start_mb: float, samples: list[tuple[float, int, float]]) -> dict[str, Any]:
+def _per_hour(times: Sequence[float], values: Sequence[float]) -> float | None:
+    """The least-squares slope of `values` over `times` (seconds), per hour; None with too few points."""
+    if len(times) < 3 or times[-1] <= times[0]:
+        return None
+    return float(np.polyfit(times, values, 1)[0] * 3600)
+
+
+def rss_report(start_mb: float, samples: list[tuple[float, float, int]]) -> dict[str, Any]:
     """Start (before the first episode), after the first episode (warmed up), end and peak in MiB, and the growth per
-    hour from a least-squares line through the samples after the first episode."""
-    mb = [m for _, _, m in samples]
-    out: dict[str, Any] = {"start_mb": start_mb, "after_first_episode_mb": mb[0] if mb else None,
-                           "end_mb": mb[-1] if mb else None, "peak_mb": max([start_mb, *mb]),
-                           "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                           "samples": len(samples)}
+    hour of RSS and of live Python blocks from least-squares lines through the samples after the first episode."""
+    mb = [m for _, m, _ in samples]
     later = samples[1:]
-    if len(later) >= 3 and later[-1][0] > later[0][0]:
-        slope = np.polyfit([t for t, _, _ in later], [m for _, _, m in later], 1)[0]
-        out["growth_mb_per_h"] = float(slope * 3600)
-    return out
+    times = [t for t, _, _ in later]
+    process_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"start_mb": start_mb, "after_first_episode_mb": mb[0] if mb else None, "end_mb": mb[-1] if mb else None,
+            "peak_mb": max([start_mb, *mb]), "process_peak_mb": process_peak_mb,
+            "samples": len(samples), "growth_mb_per_h": _per_hour(times, [m for _, m, _ in later]),
+            "python_blocks_after_first_episode": samples[0][2] if samples else None,
+            "python_blocks_end": samples[-1][2] if samples else None,
+            "python_blocks_growth_per_h": _per_hour(times, [b for _, _, b in later])}
 
 
 def _soak_phase(rig: _Rig, soak_s: float, episode_s: float) -> dict[str, Any]:
@@ -568,13 +576,15 @@ def _print_soak(soak: dict[str, Any], console: Console) -> None:
     rss = soak["rss"]
     rows = {k.removesuffix("_mb").replace("_", " "): {"MiB": v} for k, v in rss.items()
             if k.endswith("_mb") and v is not None}
-    console.print(_table(f"RSS over {soak['seconds'] / 60:.1f} min of back-to-back episodes ({soak['episodes']} "
-                         f"episodes, {soak['ticks']} ticks; the run's latency statistics cover "
-                         f"{soak['run_latency_values_per_stage']} values per stage and keep at most {RESERVOIR_SIZE})",
-                         "", ("MiB",), rows))
-    growth = rss.get("growth_mb_per_h")
-    console.print(f"RSS growth after the first episode: {'n/a' if growth is None else f'{growth:+.1f} MiB/h'} "
-                  f"({rss['samples']} samples); outcomes {soak['outcomes']}")
+    console.print(f"soak: {soak['seconds'] / 60:.1f} min of back-to-back episodes ({soak['episodes']} episodes, "
+                  f"{soak['ticks']} ticks); the run's latency statistics cover {soak['run_latency_values_per_stage']} "
+                  f"values per stage and keep at most {RESERVOIR_SIZE}")
+    console.print(_table("RSS at episode ends [MiB]", "", ("MiB",), rows))
+    growth, blocks = rss["growth_mb_per_h"], rss["python_blocks_growth_per_h"]
+    console.print(f"growth after the first episode ({rss['samples']} samples): RSS "
+                  f"{'n/a' if growth is None else f'{growth:+.1f} MiB/h'}, live Python blocks "
+                  f"{'n/a' if blocks is None else f'{blocks:+.0f}/h'} ({rss['python_blocks_after_first_episode']} → "
+                  f"{rss['python_blocks_end']}); outcomes {soak['outcomes']}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
