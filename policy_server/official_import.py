@@ -1,13 +1,28 @@
 """Import the authors' released DreamVLA / Seer `.pth` checkpoints into our checkpoint format.
 
-The official files hold only the trainable parameters of a DDP-wrapped model (keys prefixed
-`module.`); the frozen MAE ViT and CLIP text tower come from their own releases. The layout
-differences (GPT-2 `Conv1D` weights stored [in, out], 4-D query tokens, a [1, S, 1, H] time
-embedding, other module names) are handled by one table of rules (`_rules`) that both directions
-use, so `export(convert(sd))` reproduces the official tensors and the two cannot drift apart.
-Every official key is either mapped or dropped for a stated reason; anything else is an error,
-because a silently ignored key is exactly how the official strict=False loaders lose weights.
-See shared/reference/official_checkpoints/NOTES.md for the file layout this follows.
+A released file is what the official training scripts save: a dict whose `model_state_dict` holds
+only the trainable parameters (float32) of a DDP-wrapped model, every key prefixed `module.`; released
+files may lack the optimizer and scheduler entries, so only `model_state_dict` (or a bare state dict)
+is read, never unpickling code. The frozen towers come from their own releases: the MAE ViT-B/16
+encoder from `mae_pretrain_vit_base.pth` and the CLIP ViT-B/32 text tower from
+`openai/clip-vit-base-patch32`. The attention mask and the decoders' position tables are rebuilt.
+
+Names. The layout differences (GPT-2 `Conv1D` weights stored [in, out], 4-D query tokens, a
+[1, S, 1, H] time embedding, other module names) are handled by one table of rules (`_rules`) that
+both directions use, so `export(convert(sd))` reproduces the official tensors and the two cannot
+drift apart. Every official key is either mapped or dropped for a stated reason; anything else is an
+error, because a silently ignored key is exactly how the official strict=False loaders lose weights.
+
+Sizes. Shapes give every width, depth and query count but no head count. The backbone's heads follow
+from its width (1024: 16, 384: 12, the released scripts); the DiT is identified as DiT-S, -B or -L
+from its width and depth (`DIT_SIZES`, DiT-S with 96-wide heads); any other size is refused.
+
+Training data. No file records the data it was trained on, yet that data fixes how the state and
+images enter the model and how its actions are read (`TRAINING_DATA`). The released configurations
+are recognised by their shapes (`RELEASES`); any other file must name its data. A difference our
+checkpoint can record (the action frame) goes into its config, so the served contract states it;
+any other difference from our robot refuses the import with every difference listed. LIBERO models
+are refused: see docs/model.md.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from torch import Tensor
 from policy_server.checkpoint import save_checkpoint
 from policy_server.model.backbone import CONV1D_WEIGHT
 from policy_server.model.config import (
+    ActionConvention,
     ActionHeadConfig,
     BackboneConfig,
     DecoderConfig,
@@ -66,7 +82,14 @@ _DROPPED: dict[str, str] = {
 _CONV1D = re.compile(r"transformer_backbone\." + CONV1D_WEIGHT.pattern)
 # Backbone width -> heads of the official scripts (the width alone does not determine it).
 _HEADS = {1024: 16, 384: 12}
-_DIT_HEAD_DIM = 64  # DiT-S/B/L all use 64-wide heads
+# The released action-model code's DiT sizes: (width, blocks) -> (name, heads). No saved tensor's shape
+# depends on the head count, so it cannot be read from a file: a size outside this table is refused.
+# DiT-S has 96-wide heads, DiT-B and DiT-L 64-wide ones.
+DIT_SIZES: dict[tuple[int, int], tuple[str, int]] = {
+    (384, 6): ("DiT-S", 4),
+    (768, 12): ("DiT-B", 12),
+    (1024, 24): ("DiT-L", 16),
+}
 
 _MAE_ENCODER = (
     "patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed", "norm.weight", "norm.bias",
@@ -120,6 +143,8 @@ class ImportReport:
     dropped: dict[str, str] = field(default_factory=dict)  # official key -> reason
     fresh: list[str] = field(default_factory=list)  # our keys that keep their initialisation
     time_embedding: tuple[int, int] | None = None  # (official steps, kept steps) when truncated
+    trained_on: str | None = None  # the data the file was trained on, and how that is known
+    conventions: list[str] = field(default_factory=list)  # differences from our robot, recorded in the checkpoint
 
     def summary(self) -> str:
         """Human-readable lines for a CLI: counts, drop reasons, freshly initialised modules."""
@@ -127,6 +152,9 @@ class ImportReport:
                  f"{len(self.fresh)} fresh"]
         if self.time_embedding is not None:
             lines.append("time embedding truncated: kept the first {1} of {0} steps".format(*self.time_embedding))
+        if self.trained_on is not None:
+            lines.append(f"trained on {self.trained_on}")
+        lines += [f"recorded in the checkpoint, so the served contract states it: {c}" for c in self.conventions]
         for reason in sorted(set(self.dropped.values())):
             modules = _modules((k for k, r in self.dropped.items() if r == reason), depth=3)
             lines.append(f"dropped ({reason}): {', '.join(modules)}")
@@ -192,8 +220,44 @@ def _count(sd: Mapping[str, Tensor], prefix: str) -> int:
     return len(found)
 
 
+def dit_head(sd: Mapping[str, Tensor]) -> ActionHeadConfig | None:
+    """The DiT action head of an official state dict, sized from its width and block count; None without one.
+
+    Raises for a (width, blocks) pair that is none of DiT-S/B/L: its head count would be a guess.
+    """
+    if not any(k.startswith("action_model.net.") for k in sd):
+        return None
+    width = _shape(sd, "action_model.net.positional_embedding")[1]
+    depth = _count(sd, "action_model.net.blocks.")
+    if (width, depth) not in DIT_SIZES:
+        known = ", ".join(f"{name} ({w} wide, {d} blocks, {h} heads)" for (w, d), (name, h) in DIT_SIZES.items())
+        raise OfficialImportError(f"DiT action head {width} wide with {depth} blocks is none of the released sizes "
+                                  f"({known}); its head count is not stored in the weights, so it cannot be imported")
+    return ActionHeadConfig(width=width, depth=depth, heads=DIT_SIZES[width, depth][1])
+
+
+def _dit_name(head: ActionHeadConfig) -> str:
+    return DIT_SIZES[head.width, head.depth][0]
+
+
+def _check_action_head(source: ActionHeadConfig | None, target: ModelConfig) -> None:
+    """The target's DiT must be the file's size, heads included (shapes alone would not catch the heads)."""
+    if source is None:
+        return
+    ours = target.action_head
+    if (ours.width, ours.depth, ours.heads) != (source.width, source.depth, source.heads):
+        raise OfficialImportError(
+            f"the file's {_dit_name(source)} action head (width {source.width}, {source.depth} blocks, "
+            f"{source.heads} heads) does not fit target {target.name!r} (action_head width {ours.width}, "
+            f"depth {ours.depth}, heads {ours.heads})")
+
+
 def _dreamvla_libero() -> ModelConfig:
-    """The LIBERO finetune scripts: paper-calvin widths, 7 steps, no depth prediction."""
+    """The LIBERO finetune scripts' network: paper-calvin widths, 7 steps, no depth prediction.
+
+    The network only: its inputs and actions follow LIBERO's conventions, which this stack cannot serve
+    (`with_training_data` refuses them).
+    """
     base = preset("paper-calvin").model_dump()
     return ModelConfig.model_validate(base | {"name": "dreamvla-libero", "sequence_length": 7,
                                               "dream": ("dynamic", "sam")})
@@ -211,11 +275,13 @@ def infer_config(sd: Mapping[str, Tensor]) -> ModelConfig:
     """Our ModelConfig for a DreamVLA state dict, read from its shapes (known shapes give a preset).
 
     Seer files have no DiT head and no depth/SAM parts, so they do not determine a DreamVLA
-    config: the caller must choose the target (whose new parts then start fresh).
+    config: the caller must choose the target (whose new parts then start fresh). The config
+    describes the network; its action convention is ours until `with_training_data` sets the file's.
     """
     hidden = _shape(sd, "action_pred_token")[-1]
     dreams = {m: _shape(sd, d.tokens)[2] for m, d in _DREAMS.items() if d.tokens in sd}
-    if not any(k.startswith("action_model.net.") for k in sd):
+    action_head = dit_head(sd)
+    if action_head is None:
         if set(dreams) <= {"dynamic"}:
             raise OfficialImportError(
                 "this is a Seer checkpoint (MLP action head, no DiT, no depth/SAM queries): there is no DreamVLA "
@@ -227,7 +293,6 @@ def infer_config(sd: Mapping[str, Tensor]) -> ModelConfig:
     counts = set(dreams.values())
     if "dynamic" not in dreams or len(counts) != 1 or min(counts) % 2:
         raise OfficialImportError(f"expected obs tokens and equal, even query counts per modality, got {dreams}")
-    dit_width = _shape(sd, "action_model.net.positional_embedding")[1]
     cfg = ModelConfig(
         name="official-import",
         sequence_length=_shape(sd, "transformer_backbone_position_embedding")[1],
@@ -236,10 +301,168 @@ def infer_config(sd: Mapping[str, Tensor]) -> ModelConfig:
         resampler=ResamplerConfig(num_queries=_shape(sd, "perceiver_resampler.latents")[0]),
         backbone=BackboneConfig(hidden=hidden, layers=_count(sd, "transformer_backbone.h."), heads=_HEADS[hidden]),
         decoder=DecoderConfig(depth=_count(sd, "image_decoder.")),
-        action_head=ActionHeadConfig(width=dit_width, depth=_count(sd, "action_model.net.blocks."),
-                                     heads=dit_width // _DIT_HEAD_DIM),
+        action_head=action_head,
     )
     return _named(cfg)
+
+
+# ------------------------------------------------------------------------------ training data
+
+TrainingData = Literal["calvin", "libero", "real"]
+
+
+@dataclass(frozen=True)
+class DataConventions:
+    """How one dataset's observations reached the released models, and how their actions were read.
+
+    Nothing in a file records this: it is fixed by the data the model was trained on. A model served
+    with other conventions receives inputs it never saw and moves the arm in units or axes it was
+    not trained for, without any error.
+    """
+
+    state_orientation: Literal["euler_xyz", "axis_angle"]
+    state_gripper: Literal["open_closed", "finger_positions"]  # into gripper_state_encoder, Linear(2 -> H)
+    image_flip: Literal["none", "primary_vertical"]
+    action_scale: tuple[float, float] | None  # (m, rad) per model unit; None: controller commands, no metric scale
+    action_rotation: Literal["euler_xyz", "axis_angle"]
+    action_frame: Literal["previous_target", "world"]
+    gripper_action: Literal["1_open_0_closed", "1_closed_0_open"]
+
+
+_ACTION = ActionConvention()
+# What this stack serves: the engine's fixed inputs (state x, y, z, Euler xyz, gripper_open as a one-hot pair;
+# images as captured) and the action convention our robot executes (docs/conventions.md).
+ROBOT = DataConventions(
+    state_orientation="euler_xyz", state_gripper="open_closed", image_flip="none",
+    action_scale=(_ACTION.translation_scale_m, _ACTION.rotation_scale_rad), action_rotation=_ACTION.rotation,
+    action_frame=_ACTION.frame, gripper_action=_ACTION.gripper,
+)
+TRAINING_DATA: dict[TrainingData, DataConventions] = {
+    # CALVIN: robot_obs[:6] (position, Euler xyz) + the gripper command as a one-hot pair; rel_actions are
+    # position and Euler differences along the world axes, clipped and scaled by 1/0.02 m and 1/0.05 rad;
+    # gripper -1 close / +1 open, mapped to 0/1.
+    "calvin": DataConventions("euler_xyz", "open_closed", "none", (0.02, 0.05), "euler_xyz", "world",
+                              "1_open_0_closed"),
+    # LIBERO (--gripper_width): ee_states[:6] (position, axis-angle) + robot0_gripper_qpos (two finger
+    # positions); the agentview image flipped vertically in training and evaluation; actions are the raw
+    # demo commands of robosuite's OSC controller in [-1, 1] (world axes, axis-angle), gripper -1 open / +1 close.
+    "libero": DataConventions("axis_angle", "finger_positions", "primary_vertical", None, "axis_angle", "world",
+                              "1_closed_0_open"),
+    # Seer's real-robot format (its DROID pre-train, real fine-tunes): position + Euler xyz, gripper open/closed;
+    # deltas inv(T_last_target) T_target scaled by 1/0.02 m and 1/0.05 rad, as our robot executes them.
+    "real": DataConventions("euler_xyz", "open_closed", "none", (0.02, 0.05), "euler_xyz", "previous_target",
+                            "1_open_0_closed"),
+}
+
+_LABELS = {
+    "state_orientation": "state orientation", "state_gripper": "state gripper", "image_flip": "images",
+    "action_scale": "action units", "action_rotation": "action rotation", "action_frame": "action frame",
+    "gripper_action": "gripper action",
+}
+_MEANINGS: dict[object, str] = {
+    "euler_xyz": "Euler xyz angles",
+    "axis_angle": "an axis-angle vector",
+    "open_closed": "open/closed as a one-hot pair",
+    "finger_positions": "two finger positions (robot0_gripper_qpos, --gripper_width)",
+    "none": "as captured",
+    "primary_vertical": "the primary (agentview) view flipped vertically",
+    None: "raw controller commands in [-1, 1] with no metric scale",
+    "previous_target": "a relative pose in the previous target's frame",
+    "world": "differences along the world axes",
+    "1_open_0_closed": "1 = open",
+    "1_closed_0_open": "1 = closed",
+}
+_STATE_MEANINGS = {"axis_angle": "an axis-angle vector (LIBERO's ee_states[3:6])"}
+
+
+def _meaning(name: str, value: object) -> str:
+    """One convention value in words, for the lines that name a difference."""
+    if isinstance(value, tuple):
+        return "{} m / {} rad per unit".format(*value)
+    if name == "state_orientation" and value in _STATE_MEANINGS:
+        return _STATE_MEANINGS[value]
+    return _MEANINGS[value]
+
+
+def _carried(name: str, value: object) -> bool:
+    """Whether our checkpoint can record this convention, so that the served contract states it truthfully."""
+    return name == "action_frame" or (name == "action_scale" and value is not None)
+
+
+def with_training_data(cfg: ModelConfig, data: TrainingData) -> tuple[ModelConfig, list[str]]:
+    """`cfg` with the action convention of `data`, and one line per convention that differs from our robot.
+
+    A difference our checkpoint can record (the action frame, a metric action scale) goes into
+    `cfg.action`, so the served contract names it and a robot that executes another convention refuses
+    the model at `hello`. Any other difference (state, images, unscaled actions, rotation, gripper
+    sign) would be served silently wrong, so it refuses the import, listing every difference.
+    """
+    theirs = TRAINING_DATA[data]
+    differ = [name for name in _LABELS if getattr(theirs, name) != getattr(ROBOT, name)]
+    lines = [f"{_LABELS[name]}: {_meaning(name, getattr(theirs, name))} in training, "
+             f"{_meaning(name, getattr(ROBOT, name))} on our robot" for name in differ]
+    if not all(_carried(name, getattr(theirs, name)) for name in differ):
+        raise OfficialImportError(f"a model trained on {data} data cannot be served on this stack: it would get "
+                                  f"inputs and have its actions read in conventions it was not trained with: "
+                                  f"{'; '.join(lines)}")
+    translation, rotation = theirs.action_scale or ROBOT.action_scale
+    action = ActionConvention.model_validate(cfg.action.model_dump() | {
+        "translation_scale_m": translation, "rotation_scale_rad": rotation, "frame": theirs.action_frame})
+    return cfg.model_copy(update={"action": action}), lines
+
+
+# What identifies a released file: (backbone width, time steps, official query count per <dream> modality,
+# DiT size or None for Seer's MLP head).
+Signature = tuple[int, int, tuple[tuple[str, int], ...], str | None]
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released training script, recognised by the shapes it saves (no file records its data)."""
+
+    name: str
+    trained_on: TrainingData
+    signature: Signature
+
+
+RELEASES = (
+    Release("DreamVLA CALVIN ABC-D finetune", "calvin",
+            (1024, 10, (("dynamic", 18), ("depth", 18), ("sam", 18)), "DiT-B")),
+    Release("DreamVLA LIBERO finetune", "libero", (1024, 7, (("dynamic", 18), ("sam", 18)), "DiT-B")),
+    Release("Seer-Large CALVIN ABC-D finetune", "calvin", (1024, 10, (("dynamic", 32),), None)),
+    Release("Seer-Large CALVIN ABC-D pretrain", "calvin", (1024, 14, (("dynamic", 32),), None)),
+    Release("Seer DROID pretrain", "real", (384, 11, (("dynamic", 18),), None)),
+)
+
+
+def signature(sd: Mapping[str, Tensor]) -> Signature:
+    """The shapes of `sd` that tell the released configurations apart."""
+    head = dit_head(sd)
+    return (_shape(sd, "action_pred_token")[-1], _shape(sd, "transformer_backbone_position_embedding")[1],
+            tuple((m, _shape(sd, d.tokens)[2]) for m, d in _DREAMS.items() if d.tokens in sd),
+            None if head is None else _dit_name(head))
+
+
+def recognise(sd: Mapping[str, Tensor]) -> Release | None:
+    """The released training script whose saved shapes `sd` has, or None."""
+    found = signature(sd)
+    return next((r for r in RELEASES if r.signature == found), None)
+
+
+def _training_data(sd: Mapping[str, Tensor], declared: TrainingData | None) -> tuple[TrainingData, str]:
+    """The data the file was trained on, and how that is known (for the report)."""
+    if declared is not None and declared not in TRAINING_DATA:
+        raise OfficialImportError(f"unknown training data {declared!r}; choose one of {' | '.join(TRAINING_DATA)}")
+    release = recognise(sd)
+    if declared is not None:
+        known = "" if release is None else f"; the shapes are those of the released {release.name}"
+        return declared, f"declared{known}"
+    if release is None:
+        raise OfficialImportError(
+            "the file's shapes match no released training script, so the data it was trained on (and with it "
+            "its state, image and action conventions) is unknown: pass trained_on (--trained-on) "
+            f"{' | '.join(TRAINING_DATA)}")
+    return release.trained_on, f"recognised: {release.name}"
 
 
 # ------------------------------------------------------------------------------ name map
@@ -314,9 +537,10 @@ def convert(sd: Mapping[str, Tensor], target: ModelConfig) -> tuple[dict[str, Te
     """Official state dict (without `module.`) -> our state-dict entries for `target`, and the report.
 
     Pure: no file access, no model weights. Returned tensors may be views of the input (the model
-    load copies them). Raises for any key that is neither mapped nor dropped by rule, and for any
-    shape that does not fit the target.
+    load copies them). Raises for any key that is neither mapped nor dropped by rule, for any
+    shape that does not fit the target, and for a DiT head of another size than the target's.
     """
+    _check_action_head(dit_head(sd), target)
     expected = expected_shapes(target)
     rules = _rules(target)
     report = ImportReport(target=target.name)
@@ -433,15 +657,19 @@ def _check_external(state: Mapping[str, Tensor], expected: Mapping[str, tuple[in
 
 
 def import_official(ckpt: str | Path, mae: str | Path, out: str | Path, *, clip: str | Path | None = None,
-                    target: ModelConfig | None = None) -> ImportReport:
+                    target: ModelConfig | None = None, trained_on: TrainingData | None = None) -> ImportReport:
     """Official checkpoint + MAE file + CLIP directory -> one of our checkpoint directories at `out`.
 
-    Every input is checked (names, shapes, files) before the full model is built. Only the report's
-    `fresh` keys keep their initialisation; everything else comes from one of the three sources.
+    Every input is checked (names, shapes, training-data conventions, files) before the full model is
+    built. `trained_on` names the file's training data; by default it is recognised from the shapes of
+    a released file, and a file that matches none must name it. Only the report's `fresh` keys keep
+    their initialisation; everything else comes from one of the three sources.
     """
     ckpt, mae = Path(ckpt), Path(mae)
     sd = load_official(ckpt)
     cfg = target if target is not None else infer_config(sd)
+    data, how = _training_data(sd, trained_on)
+    cfg, differences = with_training_data(cfg, data)
     source = clip if clip is not None else cfg.text.pretrained
     if source is None:
         raise MissingWeightsError(f"the official models need CLIP text weights: download {CLIP_REPO!r} and pass clip")
@@ -451,6 +679,7 @@ def import_official(ckpt: str | Path, mae: str | Path, out: str | Path, *, clip:
                                  "vision": cfg.vision.model_copy(update={"pretrained": str(mae)})})
     tokenizer = ClipTokenizer(clip_dir, cfg.text.context_length)
     converted, report = convert(sd, cfg)
+    report.trained_on, report.conventions = f"{data} data ({how})", differences
     expected = expected_shapes(cfg)
     vision = load_mae(mae)
     _check_external(vision, expected, f"MAE file {mae}", cfg.name)

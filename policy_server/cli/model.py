@@ -70,7 +70,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     target = preset(args.config) if args.config else None
     report = import_official(Path(args.ckpt), Path(args.mae), Path(args.out),
-                             clip=Path(args.clip) if args.clip else None, target=target)
+                             clip=Path(args.clip) if args.clip else None, target=target, trained_on=args.trained_on)
     console.print(report.summary())
     return 0
 
@@ -90,7 +90,7 @@ def _cmd_try(args: argparse.Namespace) -> int:
         table.add_column(col, justify="right")
     for step in range(args.steps):
         images = {c: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for c in engine.cfg.cameras}
-        chunk = engine.step(history, Observation(images, state)) * scale  # robot units (CONVENTIONS.md)
+        chunk = engine.step(history, Observation(images, state)) * scale  # robot units (docs/conventions.md)
         for k, a in enumerate(chunk):
             table.add_row(str(step), str(k), " ".join(f"{v * 1e3:+.1f}" for v in a[:3]),
                           " ".join(f"{v * 1e3:+.1f}" for v in a[3:6]), "open" if a[6] >= 0.5 else "closed")
@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mae", required=True, help="mae_pretrain_vit_base.pth")
     p.add_argument("--clip", help="local CLIP directory (default: openai/clip-vit-base-patch32 in the HF cache)")
     p.add_argument("--config", help="retarget to a named config (default: inferred from the file)")
+    p.add_argument("--trained-on", metavar="DATA",
+                   help="calvin, libero or real: the data the file was trained on, which fixes its state, image and "
+                        "action conventions (default: recognised from a released file's shapes; libero is refused, "
+                        "docs/model.md)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_import)
 

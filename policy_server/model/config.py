@@ -130,13 +130,20 @@ class ActionHeadConfig(Strict):
 
 
 class ActionConvention(Strict):
-    """How a model's 7-D action maps to robot units (CONVENTIONS.md): scaled relative pose + gripper."""
+    """How a model's 7-D action maps to robot units (docs/conventions.md): scaled relative pose + gripper.
+
+    The served contract reports it as `delta_<frame>_<rotation>` and `gripper`, so a robot that executes
+    another convention refuses the model at `hello` instead of moving along the wrong axes.
+    """
 
     chunk: int = 3
     dim: int = 7
     translation_scale_m: float = 0.02
     rotation_scale_rad: float = 0.05
-    frame: Literal["previous_target"] = "previous_target"
+    # "previous_target": a relative pose composed in the frame of the previous commanded target (our robot,
+    # Seer's real-robot data). "world": position and Euler-angle differences along the world axes, as
+    # CALVIN's rel_actions, which models trained on CALVIN predict (recorded by the official importer).
+    frame: Literal["previous_target", "world"] = "previous_target"
     rotation: Literal["euler_xyz"] = "euler_xyz"
     gripper: Literal["1_open_0_closed"] = "1_open_0_closed"
 

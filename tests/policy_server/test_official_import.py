@@ -1,10 +1,11 @@
 """Official DreamVLA/Seer checkpoint import: the name map against the five key manifests, layouts,
 bit-exact round trips, and one end-to-end import into our checkpoint format.
 
-The manifests (shared/reference/official_checkpoints/*.tsv) list every key the official training
-scripts save. Synthetic state dicts are built from them: each tensor is a view into one shared
-random pool at a key-dependent offset, so values are deterministic and differ between keys while
-the 500M-parameter configs cost no memory.
+The manifests (tests/data/official_checkpoints/*.tsv) list every key the official training scripts
+save, with its shape and dtype: they were produced by building the official model classes with each
+released script's arguments and saving them with the repositories' own helper. Synthetic state dicts
+are built from them: each tensor is a view into one shared random pool at a key-dependent offset, so
+values are deterministic and differ between keys while the 500M-parameter configs cost no memory.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from policy_server import official_import  # noqa: E402
 from policy_server.checkpoint import load_checkpoint  # noqa: E402
-from policy_server.model.config import ModelConfig, preset  # noqa: E402
+from policy_server.cli.model import main as dv_model  # noqa: E402
+from policy_server.model.config import ActionConvention, ActionHeadConfig, ModelConfig, preset  # noqa: E402
 from policy_server.model.text import MissingWeightsError  # noqa: E402
 from policy_server.official_import import (  # noqa: E402
     CLIP_REPO,
@@ -33,9 +37,10 @@ from policy_server.official_import import (  # noqa: E402
     load_clip_text,
     load_mae,
     load_official,
+    recognise,
+    with_training_data,
 )
 
-# Copied from shared/reference/official_checkpoints (the authors' saved keys, shapes and dtypes).
 MANIFESTS = Path(__file__).resolve().parents[1] / "data" / "official_checkpoints"
 
 UNUSED = {"action_pose_encoder", "action_gripper_position_encoder", "action_projector", "recon_state_decoder",
@@ -50,15 +55,19 @@ class Case:
     target: str | None  # preset name; None: infer_config
     dropped_modules: frozenset[str]  # official modules (key up to the first '.') expected to be dropped
     steps: int  # time steps in the official file
+    trained_on: str  # the data of the released script
 
 
 CASES = [
-    Case("dreamvla_calvin_abc_d_finetune", None, frozenset(UNUSED | {"action_model.net.history_embedder"}), 10),
-    Case("dreamvla_libero_finetune", None, frozenset(UNUSED | {"action_model.net.history_embedder"}), 7),
+    Case("dreamvla_calvin_abc_d_finetune", None, frozenset(UNUSED | {"action_model.net.history_embedder"}), 10,
+         "calvin"),
+    Case("dreamvla_libero_finetune", None, frozenset(UNUSED | {"action_model.net.history_embedder"}), 7, "libero"),
     # Seer-Large: 16 obs tokens per image, ours 9 -> reset, as the official DreamVLA finetune does.
-    Case("seer_large_calvin_abc_d_finetune", "paper-calvin", frozenset(UNUSED | SEER_HEAD | {"obs_tokens"}), 10),
-    Case("seer_large_calvin_abc_d_pretrain", "paper-calvin", frozenset(UNUSED | SEER_HEAD | {"obs_tokens"}), 14),
-    Case("seer_real_droid_pretrain", "paper-real", frozenset(UNUSED | SEER_HEAD), 11),
+    Case("seer_large_calvin_abc_d_finetune", "paper-calvin", frozenset(UNUSED | SEER_HEAD | {"obs_tokens"}), 10,
+         "calvin"),
+    Case("seer_large_calvin_abc_d_pretrain", "paper-calvin", frozenset(UNUSED | SEER_HEAD | {"obs_tokens"}), 14,
+         "calvin"),
+    Case("seer_real_droid_pretrain", "paper-real", frozenset(UNUSED | SEER_HEAD), 11, "real"),
 ]
 
 _POOL = torch.randn(8_000_000, generator=torch.Generator().manual_seed(0))
@@ -255,6 +264,87 @@ def test_modalities_missing_from_the_target_are_dropped_with_a_reason():
     assert not report.fresh
 
 
+# ------------------------------------------------------------------------------ DiT sizes
+
+
+def official_dit(width: int, depth: int, heads: int) -> dict[str, torch.Tensor]:
+    """A DiT action head of this size under its official names and layouts (zeros that take no memory)."""
+    cfg = preset("paper-calvin").model_copy(update={
+        "action_head": ActionHeadConfig(width=width, depth=depth, heads=heads)})
+    ours = {k: torch.zeros(()).expand(shape) for k, shape in expected_shapes(cfg).items()
+            if k.startswith("action_head.")}
+    return strip(export(ours, cfg))
+
+
+def calvin_with_dit(width: int, depth: int, heads: int) -> dict[str, torch.Tensor]:
+    """The DreamVLA CALVIN file with its DiT-B head swapped for a head of another size."""
+    sd = strip(synthetic("dreamvla_calvin_abc_d_finetune"))
+    return {k: v for k, v in sd.items() if not k.startswith("action_model.net.")} | official_dit(width, depth, heads)
+
+
+@pytest.mark.parametrize(("width", "depth", "heads"), [(384, 6, 4), (768, 12, 12), (1024, 24, 16)],
+                         ids=["DiT-S", "DiT-B", "DiT-L"])
+def test_dit_size_and_heads_come_from_width_and_depth(width, depth, heads):
+    sd = calvin_with_dit(width, depth, heads)
+    cfg = infer_config(sd)
+    assert (cfg.action_head.width, cfg.action_head.depth, cfg.action_head.heads) == (width, depth, heads)
+    ours, report = convert(sd, cfg)
+    assert not report.fresh
+    assert tuple(ours[f"action_head.net.blocks.{depth - 1}.attn.qkv.weight"].shape) == (3 * width, width)
+
+
+def test_dit_of_an_unreleased_size_is_refused():
+    with pytest.raises(OfficialImportError, match=r"768 wide with 6 blocks is none of the released sizes "
+                                                  r"\(DiT-S \(384 wide, 6 blocks, 4 heads\), DiT-B .*head count"):
+        infer_config(calvin_with_dit(768, 6, 12))
+
+
+def test_dit_heads_must_match_the_target():
+    """The one DiT mismatch no tensor shape shows: a target with DiT-S widths but 64-wide heads."""
+    sd = calvin_with_dit(384, 6, 4)
+    wrong_heads = infer_config(sd).model_copy(update={"action_head": ActionHeadConfig(width=384, depth=6, heads=6)})
+    want = (r"DiT-S action head \(width 384, 6 blocks, 4 heads\) does not fit target 'official-import' "
+            r"\(action_head width 384, depth 6, heads 6\)")
+    with pytest.raises(OfficialImportError, match=want):
+        convert(sd, wrong_heads)
+    with pytest.raises(OfficialImportError, match="DiT-S action head.*does not fit target 'paper-calvin'"):
+        convert(sd, preset("paper-calvin"))
+
+
+# ------------------------------------------------------------------------------ training data
+
+
+def test_released_files_are_recognised_with_their_training_data(converted):
+    release = recognise(converted.sd)
+    assert release is not None and release.trained_on == converted.case.trained_on
+
+
+def test_calvin_records_its_world_frame_and_real_data_needs_nothing():
+    cfg, differences = with_training_data(preset("paper-calvin"), "calvin")
+    assert cfg.action == ActionConvention(frame="world")
+    assert differences == ["action frame: differences along the world axes in training, a relative pose in the "
+                           "previous target's frame on our robot"]
+    assert with_training_data(preset("paper-real"), "real") == (preset("paper-real"), [])
+
+
+LIBERO_MISMATCHES = [
+    r"state orientation: an axis-angle vector \(LIBERO's ee_states\[3:6\]\) in training, Euler xyz angles",
+    r"state gripper: two finger positions \(robot0_gripper_qpos, --gripper_width\) in training, open/closed",
+    r"images: the primary \(agentview\) view flipped vertically in training, as captured on our robot",
+    r"action units: raw controller commands in \[-1, 1\] with no metric scale in training, 0.02 m / 0.05 rad per unit",
+    r"action rotation: an axis-angle vector in training, Euler xyz angles on our robot",
+    r"action frame: differences along the world axes in training",
+    r"gripper action: 1 = closed in training, 1 = open on our robot",
+]
+
+
+def test_libero_cannot_be_served_here_and_every_mismatch_is_named():
+    with pytest.raises(OfficialImportError, match="trained on libero data cannot be served on this stack") as err:
+        with_training_data(infer_config(strip(synthetic("dreamvla_libero_finetune"))), "libero")
+    for mismatch in LIBERO_MISMATCHES:
+        assert re.search(mismatch, str(err.value)), mismatch
+
+
 # ------------------------------------------------------------------------------ errors
 
 
@@ -439,6 +529,71 @@ def test_import_official_end_to_end(inputs):
     assert set(state) == set(report.mapped.values()) | set(report.fresh) | {
         k for k in state if k.startswith(("vision_encoder.", "text_encoder."))}
     assert tokenizer(["open the drawer"]).shape == (1, 77)
+    assert report.trained_on == "real data (recognised: Seer DROID pretrain)" and not report.conventions
+    assert meta.model.action == ActionConvention()
+    assert served_mismatches(out) == {}
+
+
+def served_mismatches(checkpoint: Path) -> dict[str, str]:
+    """What the server's contract check says when our robot says `hello` to this checkpoint's backend."""
+    from policy_server.backend import EngineBackend
+    from policy_server.contract import contract_mismatches
+    from policy_server.engine import PolicyEngine
+    from policy_server.protocol import STATE_LAYOUT, CameraContract, RobotContract
+
+    contract = EngineBackend(PolicyEngine.from_checkpoint(checkpoint)).contract()
+    robot = RobotContract(cameras=[CameraContract(name=c, height=480, width=640) for c in contract.cameras],
+                          state_layout=list(STATE_LAYOUT), control_rate_hz=15.0, chunk_length=contract.chunk_length)
+    return contract_mismatches(robot, contract)
+
+
+def test_calvin_actions_keep_their_world_frame_so_our_robot_refuses_them_at_hello(inputs):
+    """CALVIN's deltas are along the world axes, ours in the previous target's frame: the import records
+    the world frame, the served contract states it, and the contract check refuses our robot."""
+    out = inputs.tmp / "calvin"
+    report = import_official(inputs.ckpt, inputs.mae, out, clip=inputs.clip, target=e2e_target(), trained_on="calvin")
+    assert report.trained_on == "calvin data (declared; the shapes are those of the released Seer DROID pretrain)"
+    assert "recorded in the checkpoint, so the served contract states it: action frame: differences along the " \
+           "world axes in training" in report.summary()
+    assert load_checkpoint(out)[1].model.action == ActionConvention(frame="world")
+    mismatches = served_mismatches(out)
+    assert set(mismatches) == {"action_convention"}
+    assert "'delta_previous_target_euler_xyz' != model 'delta_world_euler_xyz'" in mismatches["action_convention"]
+
+
+def test_libero_import_is_refused_before_anything_is_written(inputs, monkeypatch):
+    """The released LIBERO file (synthetic: its 1.9 GB are not written out) is recognised and refused."""
+    libero = strip(synthetic("dreamvla_libero_finetune"))
+    monkeypatch.setattr(official_import, "load_official", lambda path: libero)
+    out = inputs.tmp / "libero"
+    with pytest.raises(OfficialImportError, match="trained on libero data cannot be served on this stack") as err:
+        import_official(inputs.ckpt, inputs.mae, out, clip=inputs.clip)
+    for mismatch in LIBERO_MISMATCHES:
+        assert re.search(mismatch, str(err.value)), mismatch
+    assert not out.exists()
+
+
+def test_cli_refuses_data_declared_as_libero_or_unknown(inputs, capsys):
+    out = inputs.tmp / "cli"
+    args = ["import-official", "--ckpt", str(inputs.ckpt), "--mae", str(inputs.mae), "--clip", str(inputs.clip),
+            "--config", "paper-real", "--out", str(out)]
+    assert dv_model([*args, "--trained-on", "libero"]) == 2
+    assert re.search(r"trained\s+on\s+libero\s+data\s+cannot\s+be\s+served", capsys.readouterr().out)
+    assert dv_model([*args, "--trained-on", "sim"]) == 2
+    assert re.search(r"unknown\s+training\s+data\s+'sim';\s+choose\s+one\s+of\s+calvin\s+\|\s+libero\s+\|\s+real",
+                     capsys.readouterr().out)
+    assert not out.exists()
+
+
+def test_a_file_no_release_matches_must_name_its_data(inputs, monkeypatch):
+    """A Seer DROID file cut to 7 steps is no released configuration: its data cannot be guessed."""
+    cut = inputs.official | {TIME: inputs.official[TIME][:, :7]}
+    monkeypatch.setattr(official_import, "load_official", lambda path: cut)
+    out = inputs.tmp / "unreleased"
+    with pytest.raises(OfficialImportError, match=r"match no released training script.*pass trained_on "
+                                                  r"\(--trained-on\) calvin \| libero \| real"):
+        import_official(inputs.ckpt, inputs.mae, out, clip=inputs.clip, target=e2e_target())
+    assert not out.exists()
 
 
 def test_import_refuses_seer_without_a_target(inputs):
