@@ -1,7 +1,7 @@
 """Model configuration: one validated pydantic tree, with the named presets users start from.
 
 The numbers of the `paper-*` presets come from the released DreamVLA/Seer training scripts
-(see `shared/reference/dreamvla_reference.md`); `tiny` keeps every code path but shrinks the widths
+(see `docs/model.md`); `tiny` keeps every code path but shrinks the widths
 so that it trains and serves on two CPU cores.
 """
 
