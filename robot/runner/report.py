@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,45 +14,42 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-RESERVOIR_SIZE = 8192  # values kept per stage (64 KB): a quantile's rank is off by ~0.1 % at one sigma
+RESERVOIR_SIZE = 8192  # values kept per stage (at most 64 KB): a quantile's rank is off by ~0.1 % at one sigma
 
 
 class _Reservoir:
     """A uniform random sample of at most `size` values of one stage (Vitter's algorithm R), with the exact count
-    and maximum of everything added: memory stays the same however long the run."""
+    and maximum of everything added: memory stays the same however long the run. Values live in a compact
+    `array('d')` that grows with what is kept (8 bytes each), so a short episode costs what it holds."""
 
     def __init__(self, size: int, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self._buf = np.empty(size)
-        self._kept = 0  # values in _buf
+        self.size, self.rng = size, rng
+        self._kept = array("d")
         self.n = 0
         self.max = -math.inf
 
     @property
     def values(self) -> np.ndarray:
-        return self._buf[:self._kept]
+        return np.frombuffer(self._kept, dtype=np.float64) if self._kept else np.empty(0)
 
     def add(self, value: float) -> None:
         self.n += 1
         self.max = max(self.max, value)
-        if self._kept < len(self._buf):
-            self._buf[self._kept] = value
-            self._kept += 1
-        elif (j := int(self.rng.integers(self.n))) < len(self._buf):
-            self._buf[j] = value
+        if len(self._kept) < self.size:
+            self._kept.append(value)
+        elif (j := int(self.rng.integers(self.n))) < self.size:
+            self._kept[j] = value
 
     def merge(self, other: _Reservoir) -> None:
         """Become a uniform sample of both streams: how many values come from each is hypergeometric in the two
         counts, and a uniform subset of a uniform sample is a uniform sample of its stream."""
-        size = len(self._buf)
-        if self._kept + other._kept <= size:
-            merged = np.concatenate([self.values, other.values])
+        if len(self._kept) + len(other._kept) <= self.size:
+            self._kept.extend(other._kept)
         else:
-            mine = int(self.rng.hypergeometric(self.n, other.n, size))
+            mine = int(self.rng.hypergeometric(self.n, other.n, self.size))
             merged = np.concatenate([self.rng.choice(self.values, mine, replace=False),
-                                     self.rng.choice(other.values, size - mine, replace=False)])
-        self._buf[:len(merged)] = merged
-        self._kept = len(merged)
+                                     self.rng.choice(other.values, self.size - mine, replace=False)])
+            self._kept = array("d", merged.tobytes())
         self.n += other.n
         self.max = max(self.max, other.max)
 
