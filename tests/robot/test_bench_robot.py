@@ -59,7 +59,7 @@ def test_the_soak_phase_samples_rss_at_every_episode_end():
     print_tables(result, console)
     text = console.export_text()
     print(text)
-    assert "RSS over" in text and "growth after the first episode" in text
+    assert "RSS at episode ends" in text and "growth after the first episode" in text
     assert rss["python_blocks_end"] > 0
 
 
