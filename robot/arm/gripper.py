@@ -218,13 +218,14 @@ class Gripper(Connectable):
             else:
                 eps = cfg.grasp_epsilon_m
                 future = gripper.grasp_async(0.0, cfg.speed_mps, cfg.force_n, eps, eps)
+            if self._abandon:  # a stop came while the command was being sent: it may have reached franky first
+                _franky_stop(gripper)
             deadline = time.monotonic() + cfg.command_timeout_s
             while not future.wait(cfg.poll_period_s):
                 self._refresh()
                 if not self._abandon and time.monotonic() > deadline:  # R9: a hung command is stopped
                     self.stop(f"gripper {what} still running after {cfg.command_timeout_s} s")
                 if self._abandon:  # pre-empted by a stop: franky may never complete this future
-                    _franky_stop(gripper)  # again: the stop may have reached franky just before this command
                     self._stranded = True
                     return
             if not future.get() and not self._abandon:

@@ -135,7 +135,8 @@ class Runner:
         self.envelope = SafetyEnvelope(safety, 1.0 / config.rate_hz, config.chunk_length)
         self.interventions = self.envelope.interventions
         self._worker = PolicyWorker(policy)
-        self._lock = threading.Lock()  # orders the runner's stop latch against motion commands from the loop
+        self._lock = threading.Lock()  # orders the loop's stops against its motion commands
+        self._stop_lock = threading.Lock()  # the stop latch's first writer (never held across a device call)
         self._stop_reason: str | None = None
         self._stop_code = ""
         self._fault: str | None = None  # needs an operator: no further episode starts
@@ -151,20 +152,19 @@ class Runner:
 
     def request_stop(self, reason: str, code: str = "estop") -> None:
         """Stop now and latch, from any thread: the e-stop watchdog calls this on a trip, a signal handler on Ctrl-C.
-        The devices are halted first, without the runner's lock (a loop thread stuck in a call cannot delay it): the
-        arm's interlock latches, the arm stops, the gripper stops (E4). The running episode ends as aborted:<code>
+        The first call halts the devices (the arm's interlock latches, the arm stops, the gripper stops: E4) without
+        the runner's motion lock (a loop thread stuck in a call cannot delay it); a later one only stops the arm. The running episode ends as aborted:<code>
         (the loop is woken); no later episode of this runner starts: a latched stop never clears itself."""
-        if self._stop_reason is None:
-            halt(self.arm, self.gripper, reason)  # two racing first calls both halt: harmless
-        else:
-            self.arm.stop()
-        with self._lock:
+        with self._stop_lock:
             first = self._stop_reason is None
             if first:
                 self._stop_reason, self._stop_code = reason, code
         if first:
+            halt(self.arm, self.gripper, reason)
             self._run_state = RobotState.STOP
             log.warning("STOP latched: %s", reason)
+        else:
+            self.arm.stop()
         self._wake.set()
 
     @property
