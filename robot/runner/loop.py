@@ -153,8 +153,9 @@ class Runner:
     def request_stop(self, reason: str, code: str = "estop") -> None:
         """Stop now and latch, from any thread: the e-stop watchdog calls this on a trip, a signal handler on Ctrl-C.
         The first call halts the devices (the arm's interlock latches, the arm stops, the gripper stops: E4) without
-        the runner's motion lock (a loop thread stuck in a call cannot delay it); a later one only stops the arm. The running episode ends as aborted:<code>
-        (the loop is woken); no later episode of this runner starts: a latched stop never clears itself."""
+        the runner's motion lock (a loop thread stuck in a call cannot delay it); a later one only stops the arm.
+        The running episode ends as aborted:<code> (the loop is woken); no later episode of this runner starts: a
+        latched stop never clears itself."""
         with self._stop_lock:
             first = self._stop_reason is None
             if first:

@@ -8,6 +8,7 @@ pre-empted motion (libfranka ControlException) — is used to check that errors 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Iterator
 
@@ -241,3 +242,49 @@ def test_gripper_holds_on_fault(gripper: Gripper) -> None:
     assert gripper.close()
     wait_gripper(gripper, lambda s: s.width_m < 0.01)
     assert gripper.state.fault is None
+
+
+def test_stop_latch_refuses_every_motion_until_cleared(arm: Arm) -> None:
+    """The e-stop interlock in the driver: once `latch_stop` is called, `move_to`, `move_joints` (blocking or not)
+    and `recover` refuse without moving, each refusal queued as a StopLatched error naming the reason; `stop` still
+    works; only `clear_stop` (the operator's new start) lets motion through again."""
+    start = arm.read_state()
+    arm.latch_stop("e-stop STOPPED (stop_command)")
+    try:
+        assert arm.stop_latched == "e-stop STOPPED (stop_command)"
+        assert not arm.move_to(offset(start.T_base_ee, (0.05, 0.0, 0.0)))
+        assert not arm.move_joints(HOME_Q, asynchronous=False)
+        assert not arm.recover()
+        errors = [arm.poll_error() for _ in range(3)]
+        assert [(e.kind, e.during) for e in errors] == [("StopLatched", "move_to"), ("StopLatched", "move_joints"),
+                                                         ("StopLatched", "recover")]
+        assert "e-stop STOPPED (stop_command)" in errors[0].message
+        assert arm.stop() and not arm.is_moving()
+        time.sleep(0.2)
+        assert np.linalg.norm(arm.read_state().position - start.position) < 1e-4
+    finally:
+        arm.clear_stop()
+    assert arm.stop_latched is None and arm.move_to(offset(start.T_base_ee, (0.02, 0.0, 0.0)))
+    assert arm.wait(3.0)
+
+
+def test_a_stop_from_another_thread_ends_a_blocking_move(arm: Arm) -> None:
+    """A blocking joint move (the move home) is followed in 10 ms waits, so a stop from another thread (the e-stop
+    watchdog's) ends it: the call returns False within milliseconds of the stop, long before the move would have
+    ended, and the arm is at rest soon after."""
+    far = list(HOME_Q)
+    far[0] += 1.0  # seconds at the default dynamics
+    result: list[bool] = []
+    mover = threading.Thread(target=lambda: result.append(arm.move_joints(far, asynchronous=False)))
+    t0 = time.monotonic()
+    mover.start()
+    run_until(arm, lambda s: np.max(np.abs(s.joint_velocities)) > 0.05, timeout_s=3.0)
+    arm.latch_stop("test")
+    assert arm.stop()
+    t_stop = time.monotonic()
+    mover.join(3.0)
+    returned_s = time.monotonic() - t_stop
+    arm.clear_stop()
+    assert result == [False], "a move the stop ended reported success"
+    assert returned_s < 1.0 and time.monotonic() - t0 < 3.0
+    assert abs(arm.read_state().joint_positions[0] - far[0]) > 0.3  # stopped well short of the target

@@ -2,7 +2,7 @@
 
 Real ZeroMQ sockets on loopback throughout. The latching rules are driven with crafted heartbeats on a synthetic
 clock (`check(now_ns)`), so the timing assertions are exact; the console is driven as a real process, without a
-TTY (stdin command words) and in tmux (real key presses). Each test names the safety_reliability.md §6 row.
+TTY (stdin command words) and in tmux (real key presses). Each test names its fault-matrix row (docs/safety.md).
 """
 
 from __future__ import annotations

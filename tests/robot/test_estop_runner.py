@@ -2,13 +2,15 @@
 runner's `EStopListener`, the runner driving franky-sim's FR3 (real franky client, real sim cameras) with the sim's
 scripted expert, so the arm is really moving when the stop arrives. Plus the runner's signal handling.
 
-Each test names its row of safety_reliability.md §6 in its docstring; the measured numbers are printed with `-s`.
+Each test names its row of the fault matrix (docs/safety.md) in its docstring; the measured numbers are printed
+with `-s`.
 
 How the stop-issue latency is measured: the console stamps every heartbeat with `time.monotonic_ns()` when it
 sends it (`sent_ns`); the listener keeps the STOP heartbeat's stamp as `EStopState.cause_ns`; the test's `SpyArm`
-stamps every `stop()` the runner issues. Console and runner share this host's monotonic clock, so
-`issued - cause_ns` is "console sent STOP -> runner issued the stop motion" (issue 4 §7: ≤ 10 ms). The time from
-the test writing `stop` to the console's stdin is printed too (it adds the console process's own reaction).
+stamps every `stop()` the runner issues (from the runner's e-stop watchdog thread, which owns the listener).
+Console and runner share this host's monotonic clock, so `issued - cause_ns` is "console sent STOP -> runner
+issued the stop motion" (≤ 10 ms). The time from the test writing `stop` to the console's stdin is printed too (it
+adds the console process's own reaction).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 cameras and, where the network matters, a real `dv-serve --echo` subprocess. A fake arm stands in only for what
 franky-sim cannot produce: reflex and communication errors (it enforces no FCI limits).
 
-Each test names its row of safety_reliability.md §6 in its docstring. Numbers the tests measure (stop times,
+Each test names its row of the fault matrix (docs/safety.md) in its docstring. Numbers the tests measure (stop times,
 travel after detection, tick jitter) are printed with `-s`.
 """
 
