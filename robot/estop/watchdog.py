@@ -19,16 +19,23 @@ interlock latches, the arm and the gripper are told to stop, from this thread, w
 
 Limits: a thread of this process. It runs while the loop's thread sleeps, waits on I/O, or sits in a C call that
 releases the GIL (`time.sleep`, a socket, franky's blocking move); it cannot run while another thread holds the GIL
-for long (a C extension that keeps it, a long garbage-collection pass), nor after the process died. Those are left to
-the robot itself: a dead process drops the FCI link, and the robot stops within 20 ms (libfranka's
-communication_constraints_violation); franky-sim holds the joints where they are once its client disconnects. A
-second process could not command the arm instead (FCI allows one controlling client), so the hardware e-stop stays
-the safety function (docs/safety.md).
+for long (a C extension that keeps it, a long garbage-collection pass), nor after the process died. A second process
+cannot take over the stop: FCI allows one controlling client, so it could not command the arm. What a process can do
+is the opt-in backstop (`kill_after_s`): a child process that SIGKILLs this one when the watchdog has not cycled for
+that long. The FCI link then drops and the robot stops on its own within 20 ms (libfranka's
+communication_constraints_violation); franky-sim holds the joints where they are once its client disconnects (with an
+in-process franky-sim the simulation dies too). The price is the episode being recorded and an arm that needs
+recovery, so it is off unless a launch file sets it. The hardware e-stop stays the safety function (docs/safety.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import select
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -96,11 +103,14 @@ class Watchdog:
 
     def __init__(self, on_trip: Callable[[str, str], None], listener: Listener | None = None, *,
                  period_s: float = DEFAULT_PERIOD_S, tick_timeout_s: float = DEFAULT_TICK_TIMEOUT_S,
-                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 kill_after_s: float | None = None, clock: Callable[[], int] = time.monotonic_ns) -> None:
         if not 0 < period_s <= 0.01:
             raise ValueError(f"period_s must be in (0, 0.01] (at least 100 Hz), got {period_s}")
         if tick_timeout_s <= 2 * period_s:
             raise ValueError(f"tick_timeout_s must exceed two periods ({2 * period_s} s), got {tick_timeout_s}")
+        if kill_after_s is not None and kill_after_s <= 10 * period_s:
+            raise ValueError(f"kill_after_s must exceed ten periods ({10 * period_s} s), got {kill_after_s}")
+        self._backstop = ProcessBackstop(kill_after_s) if kill_after_s is not None else None
         self._on_trip, self._listener, self._clock = on_trip, listener, clock
         self._period_s, self._timeout_ns = period_s, round(tick_timeout_s * 1e9)
         self._wait: Callable[[float], EStopState] | None = getattr(listener, "wait", None)
@@ -147,6 +157,8 @@ class Watchdog:
             raise RuntimeError("the e-stop watchdog is already running")
         self._cycle(0.0)
         self._closing.clear()
+        if self._backstop is not None:
+            self._backstop.start()
         self._thread = threading.Thread(target=self._run, name="estop-watchdog", daemon=True)
         self._thread.start()
 
@@ -159,6 +171,8 @@ class Watchdog:
             if self._thread.is_alive():
                 log.error("the e-stop watchdog did not stop within %.1f s", timeout_s)
             self._thread = None
+        if self._backstop is not None:
+            self._backstop.close()
 
     def __enter__(self) -> Self:
         self.start()
@@ -201,6 +215,8 @@ class Watchdog:
             if silent_ns > self._timeout_ns:
                 self._trip(f"control loop stalled: no tick for {silent_ns / 1e6:.0f} ms "
                            f"(limit {self._timeout_ns / 1e6:.0f} ms)", "loop_stall")
+        if self._backstop is not None:
+            self._backstop.beat()
         self.cycles += 1
 
     def _trip(self, reason: str, code: str) -> None:
@@ -213,3 +229,65 @@ class Watchdog:
             self._on_trip(reason, code)
         except Exception:  # noqa: BLE001 - the trip handler halts devices; its failure is logged, the latch stays
             log.exception("the e-stop watchdog's stop failed")
+
+
+class ProcessBackstop:
+    """A child process that SIGKILLs this one when no `beat()` came for `kill_after_s` (the watchdog beats it every
+    cycle, so silence means nothing in this process runs: a GIL held too long). Beats are bytes on a pipe, so a dead
+    parent is an end of file and the child exits with it; `close()` disarms it first."""
+
+    def __init__(self, kill_after_s: float) -> None:
+        self.kill_after_s = kill_after_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fd = -1
+
+    def start(self) -> None:
+        code = "import sys; from robot.estop.watchdog import backstop_main; backstop_main(int(sys.argv[1]), " \
+               "float(sys.argv[2]))"
+        self._proc = subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), str(self.kill_after_s)],
+                                      stdin=subprocess.PIPE)
+        assert self._proc.stdin is not None
+        self._fd = self._proc.stdin.fileno()
+        os.set_blocking(self._fd, False)
+
+    def beat(self) -> None:
+        """Armed and alive (a full pipe is skipped: the child has bytes to read)."""
+        self._write(b"A")
+
+    def close(self) -> None:
+        """Disarm, then let the child exit (end of file)."""
+        if self._proc is None:
+            return
+        self._write(b"D")
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._proc = None
+
+    def _write(self, byte: bytes) -> None:
+        try:
+            os.write(self._fd, byte)
+        except (BlockingIOError, BrokenPipeError, OSError):
+            pass
+
+
+def backstop_main(parent: int, kill_after_s: float) -> None:
+    """The backstop process: beats on stdin ('A' armed, 'D' disarmed); armed and silent for `kill_after_s` ->
+    SIGKILL the parent. Monotonic time is one clock for the whole host, as the beats' absence is measured here."""
+    fd, armed, last = sys.stdin.fileno(), False, time.monotonic()
+    while os.getppid() == parent:
+        ready, _, _ = select.select([fd], [], [], 0.01)
+        now = time.monotonic()
+        if ready:
+            data = os.read(fd, 4096)
+            if not data:
+                return
+            armed, last = data.endswith(b"A"), now
+        elif armed and now - last > kill_after_s:
+            print(f"e-stop backstop: no watchdog cycle for {(now - last) * 1e3:.0f} ms; killing process {parent} "
+                  "so that the FCI link drops and the robot stops", file=sys.stderr, flush=True)
+            os.kill(parent, signal.SIGKILL)
+            return

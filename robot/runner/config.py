@@ -29,3 +29,8 @@ class RunnerConfig(BaseModel):
                                       "supervises nothing). The loop beats at least every 10 ms; detection plus a "
                                       "stop from full speed at the bring-up dynamics stays within 500 ms. "
                                       "Range (0.02, 1] s.")
+    backstop_kill_after_s: float | None = Field(None, gt=0.1, le=5.0, description="Opt-in process backstop: a "
+                                                "child process kills this one when the e-stop watchdog has not run "
+                                                "for this long (a stall that holds the GIL), so the FCI link drops "
+                                                "and the robot stops itself. Loses the episode being recorded. None "
+                                                "(default): off. Range None or (0.1, 5] s.")

@@ -128,7 +128,8 @@ class Runner:
         self.task, self.policy_name = task, policy_name
         self._estop, self._status, self._steps, self._clock = estop, status, steps, clock
         # Owns the listener while a run is under way (see `run`); trips `request_stop` from its own thread.
-        self._watchdog = Watchdog(self.request_stop, estop, tick_timeout_s=config.watchdog_timeout_s, clock=clock)
+        self._watchdog = Watchdog(self.request_stop, estop, tick_timeout_s=config.watchdog_timeout_s,
+                                  kill_after_s=config.backstop_kill_after_s, clock=clock)
         self._wake = threading.Event()  # set by a latched stop: ends the loop's waits at once
         self._dt_ns = round(1e9 / config.rate_hz)
         self._deadline_ns = round(safety.deadline_s(config.chunk_length, config.rate_hz) * 1e9)

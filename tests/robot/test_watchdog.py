@@ -6,8 +6,12 @@ stalled for 2 s) is in test_estop_motion.py.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -225,3 +229,57 @@ def test_watchdog_settings_are_checked():
         Watchdog(Trips(), None, period_s=0.02)
     with pytest.raises(ValueError, match="tick_timeout_s"):
         Watchdog(Trips(), None, tick_timeout_s=0.015)
+
+
+CONTROL_PROCESS = """
+import ctypes, sys, time
+from robot.runner import Runner, RunnerConfig
+from robot.safety import SafetyConfig
+sys.path[:0] = [sys.argv[2], sys.argv[2] + "/.."]  # the test helpers, as pytest's rootdir imports them
+from test_runner import FakeArm, FakeGripper, FnPolicy, constant
+from test_watchdog import _Scene
+
+runner = Runner(RunnerConfig(max_episode_s=3.0, backstop_kill_after_s=0.3), SafetyConfig(), arm=FakeArm(),
+                gripper=FakeGripper(), cameras={}, policy=FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1])),
+                scene=_Scene(), task="pick_bottle")
+stall = sys.argv[1]
+
+class StallingScene(_Scene):
+    def check_success(self):
+        print("STALL", time.monotonic_ns(), flush=True)
+        if stall == "gil":
+            ctypes.PyDLL(None).usleep(2_000_000)  # a C call that keeps the GIL: no thread of this process runs
+        else:
+            time.sleep(2.0)  # a stall that lets the GIL go: the watchdog thread runs (and trips), nothing is killed
+        print("SURVIVED", flush=True)
+        return False
+
+runner.scene = StallingScene()
+summary = runner.run(1)
+runner.close()
+print("OUTCOME", summary.episodes[0].outcome, flush=True)
+"""
+
+
+@pytest.mark.parametrize("stall", ["gil", "sleep"])
+def test_process_backstop_kills_a_process_whose_gil_is_held(stall):
+    """The opt-in process backstop (`RunnerConfig.backstop_kill_after_s`, 0.3 s here): a control process whose
+    loop thread holds the GIL for 2 s (a C call that keeps it) runs no thread at all, the watchdog's included; the
+    backstop process SIGKILLs it ≤ 0.3 s + 100 ms after the stall began (on a robot the FCI link then drops and the
+    arm stops itself). A stall that releases the GIL leaves the watchdog running: it trips (aborted:loop_stall) and
+    nothing is killed."""
+    tests = Path(__file__).resolve().parent
+    proc = subprocess.Popen([sys.executable, "-c", CONTROL_PROCESS, stall, str(tests)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tests.parents[1])
+    out, err = proc.communicate(timeout=60)
+    ended_ns = time.monotonic_ns()
+    stall_ns = int(next((line.split()[1] for line in out.splitlines() if line.startswith("STALL")), 0)) or \
+        pytest.fail(f"no stall: {out} {err}")
+    if stall == "gil":
+        print(f"\nbackstop: process killed at most {(ended_ns - stall_ns) / 1e6:.0f} ms after the stall began")
+        assert proc.returncode == -signal.SIGKILL, (out, err)
+        assert "SURVIVED" not in out and "e-stop backstop: no watchdog cycle" in err
+        assert (ended_ns - stall_ns) / 1e9 <= 0.3 + 0.1 + 0.2  # + the time to notice the child's exit here
+    else:
+        assert proc.returncode == 0, err
+        assert "OUTCOME aborted:loop_stall" in out
