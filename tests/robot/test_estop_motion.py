@@ -22,9 +22,18 @@ from typing import Any
 import numpy as np
 import pytest
 from arm_probes import Sampler, SpyArm
-from test_runner import FnPolicy, constant, make_runner, run_in_thread, wait_mode
+from test_runner import (
+    FnPolicy,
+    console_stop_ns,
+    constant,
+    make_runner,
+    run_in_thread,
+    run_until,
+    stop_and_join,
+    wait_mode,
+)
 
-from robot.estop import EStopListener, EStopMode, StopReason
+from robot.estop import EStopListener, EStopMode
 from robot.estop.heartbeat import HeartbeatSender
 from robot.runner import OperatorScene, Runner, RunnerConfig, RunSummary, SimScene
 from robot.safety import SafetyConfig
@@ -51,12 +60,12 @@ def console() -> Iterator[tuple[EStopListener, HeartbeatSender]]:
 
 def operator_runner(devices: Any, cell: Any, listener: EStopListener, steps: Any = None,
                     **config: Any) -> tuple[Runner, SpyArm, FnPolicy]:
-    """A runner on the real rig's scene: a joint move home at the arm's full (bring-up capped) dynamics, the
-    operator's answer 'n'."""
+    """A runner on the real rig's scene (`OperatorScene`: a blocking joint move home at its default dynamics, half
+    the arm's bring-up ceiling), the operator's answer 'n'."""
     arm, gripper = devices
     spy = SpyArm(arm)
     policy = FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1]))
-    scene = OperatorScene(spy, gripper, HOME_Q, "pick up the bottle", ask=lambda prompt: "n", home_dynamics=1.0)
+    scene = OperatorScene(spy, gripper, HOME_Q, "pick up the bottle", ask=lambda prompt: "n")
     runner = Runner(RunnerConfig(**{"max_episode_s": 1.0, **config}), SafetyConfig(), arm=spy, gripper=gripper,
                     cameras=cell.cameras, policy=policy, scene=scene, task="pick_bottle", estop=listener,
                     steps=steps)
@@ -118,22 +127,17 @@ def test_stop_during_the_move_home_stops_the_arm_and_starts_no_episode(devices, 
     arm = devices[0]
     arm.clear_stop()
     away = np.array(HOME_Q) + [0.6, 0, 0, 0, 0, 0, 0]
-    assert arm.move_joints(away, asynchronous=False), arm.poll_error()
+    assert arm.move_joints(away), arm.poll_error()
+    while not arm.wait(0.02):
+        listener.check()  # drained meanwhile: a queue past its high-water mark would hold only old heartbeats
+    assert arm.poll_error() is None
     runner, spy, policy = operator_runner(devices, cell, listener)
     with Sampler(arm) as sampler:
-        thread, out = run_in_thread(runner, episodes=2)
-        deadline = time.monotonic() + 10
-        while not (spy.joint_moves and sampler.max_joint_speed(time.monotonic_ns() - 150_000_000,
-                                                                time.monotonic_ns()) > 0.1):
-            assert thread.is_alive() and time.monotonic() < deadline, f"the move home never started: {out}"
-            time.sleep(0.01)
-        sender.stop()
-        thread.join(10)
-        assert not thread.is_alive()
-        runner.close()
-        state = listener.state
-        assert state.latched and state.reason is StopReason.STOP_COMMAND
-        sent = state.cause_ns
+        moving = lambda: bool(spy.joint_moves) and sampler.max_joint_speed(  # noqa: E731
+            time.monotonic_ns() - 150_000_000, time.monotonic_ns()) > 0.08  # near its 0.13 rad/s cruise
+        thread, out = run_until(runner, moving, "the move home never started")
+        stop_and_join(runner, thread, sender.stop)
+        sent = console_stop_ns(listener)
         time.sleep(REST_S + 0.2)
     issued = min(t for t in spy.stops if t >= sent)
     rest = sampler.joint_rest(sent)
@@ -238,19 +242,15 @@ def test_estop_mid_grasp_stops_the_fingers(devices, cell, console):
                 widths.append((state.capture_ns, state.width_m))
 
     sampler = threading.Thread(target=sample, daemon=True)
-    thread, out = run_in_thread(runner)
     sampler.start()
-    deadline = time.monotonic() + 10
-    while not (gripper.state.busy and gripper.state.target_open is False and widths and widths[-1][1] < 0.07):
-        assert thread.is_alive() and time.monotonic() < deadline, f"the grasp never started: {out}"
-        time.sleep(0.005)
-    sender.stop()
-    thread.join(10)
-    runner.close()
+    closing = lambda: gripper.state.busy and gripper.state.target_open is False and bool(widths) and \
+        widths[-1][1] < 0.07  # noqa: E731
+    thread, out = run_until(runner, closing, "the grasp never started", episodes=1)
+    stop_and_join(runner, thread, sender.stop)
     time.sleep(1.0)  # past the end the grasp would have had
     done.set()
     sampler.join(2)
-    sent = listener.state.cause_ns
+    sent = console_stop_ns(listener)
     stopped = min(t for t in spy_gripper.stops if t >= sent)
     at_stop = [w for t, w in widths if t <= sent][-1]
     later = [w for t, w in widths if t >= sent + 200_000_000]

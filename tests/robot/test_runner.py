@@ -88,6 +88,32 @@ def run_in_thread(runner: Runner, episodes: int = 1) -> tuple[threading.Thread, 
     return thread, out
 
 
+def run_until(runner: Runner, ready: Callable[[], bool], what: str, episodes: int = 2) -> tuple[threading.Thread, list]:
+    """`runner.run(episodes)` in a thread, returned once `ready()` holds (failing with `what` if the run ends first
+    or 10 s pass)."""
+    thread, out = run_in_thread(runner, episodes)
+    deadline = time.monotonic() + 10
+    while not ready():
+        assert thread.is_alive() and time.monotonic() < deadline, f"{what}: {out}"
+        time.sleep(0.005)
+    return thread, out
+
+
+def stop_and_join(runner: Runner, thread: threading.Thread, press: Callable[[], object]) -> None:
+    """`press()` (the console's STOP, a lost heartbeat), then wait for the run to end and close the runner."""
+    press()
+    thread.join(10)
+    assert not thread.is_alive(), "the run did not end"
+    runner.close()
+
+
+def console_stop_ns(listener: EStopListener) -> int:
+    """When the console sent the STOP the listener latched (its own clock: the same host's monotonic one)."""
+    state = listener.state
+    assert state.latched and state.reason is StopReason.STOP_COMMAND, state
+    return state.cause_ns
+
+
 def inside(p: np.ndarray, box: Box, tol: float = 1e-9) -> bool:
     return bool(np.all(p >= np.array(box.lo) - tol) and np.all(p <= np.array(box.hi) + tol))
 
@@ -295,18 +321,9 @@ def test_console_stop_reaches_the_arm_within_10ms_p99(devices, cell):
             for _ in range(E1_TRIALS):
                 runner, spy = make_runner(devices, cell, FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1])), mode="receding",
                                           estop=listener, max_episode_s=6.0)
-                thread, out = run_in_thread(runner, episodes=2)
-                deadline = time.monotonic() + 10
-                while len(spy.moves) < 6:
-                    assert thread.is_alive() and time.monotonic() < deadline, f"the arm never moved: {out}"
-                    time.sleep(0.005)
-                sender.stop()
-                thread.join(10)
-                assert not thread.is_alive()
-                runner.close()
-                state = listener.state
-                assert state.latched and state.reason is StopReason.STOP_COMMAND, state
-                sent = state.cause_ns
+                thread, out = run_until(runner, lambda moves=spy.moves: len(moves) >= 6, "the arm never moved")
+                stop_and_join(runner, thread, sender.stop)
+                sent = console_stop_ns(listener)
                 issued = min(t for t in spy.stops if t >= sent)
                 summary: RunSummary = out[0]
                 assert [e.outcome for e in summary.episodes] == ["aborted:estop"], summary.episodes
@@ -340,14 +357,8 @@ def test_estop_watchdog_services_the_listener_at_100hz(devices, cell):
     sink = type("Sink", (), {"publish": lambda self, status: statuses.append(status)})()
     runner, spy = make_runner(devices, cell, FnPolicy(constant([0.005, 0, 0, 0, 0, 0, 1])), mode="receding",
                               estop=estop, status=sink)
-    thread, out = run_in_thread(runner, episodes=2)
-    deadline = time.monotonic() + 10
-    while len(spy.moves) < 3:
-        assert thread.is_alive() and time.monotonic() < deadline, f"the arm never moved: {out}"
-        time.sleep(0.005)
-    estop.lose_heartbeat()
-    thread.join(10)
-    runner.close()
+    thread, out = run_until(runner, lambda: len(spy.moves) >= 3, "the arm never moved")
+    stop_and_join(runner, thread, estop.lose_heartbeat)
     summary: RunSummary = out[0]
     assert estop.begun == 1
     assert [e.outcome for e in summary.episodes] == ["aborted:estop"]
