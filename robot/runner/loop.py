@@ -9,8 +9,8 @@ clears itself; only the operator's next run (a new `Runner.run` that the e-stop 
 
 Each tick (15 Hz by default), in this order:
 1. a latched stop ends the episode; the loop beats the watchdog here and in every wait (at least every 10 ms);
-2. proprioception (O5: a state whose robot clock did not advance since the last tick is stale: no motion from it,
-   a miss), then Franka errors (polled every tick: franky re-raises an asynchronous motion's error only when
+2. proprioception (O5: a state whose robot clock did not advance since the last tick is stale: HOLD, nothing else
+   this tick), then Franka errors (polled every tick: franky re-raises an asynchronous motion's error only when
    asked, franky #63), then the measured-state reactions (force, torque, joint limits);
 3. the images (never blocking: the newest frame of each camera, refused when too old);
 4. the policy: a request goes to the inference worker when the mode asks for one, and the loop waits for the
@@ -650,13 +650,13 @@ class Runner:
 
     def _stale_state(self, ep: _Episode, state: ArmState) -> None:
         """O5: the robot's own clock (1 kHz) did not advance since the last read, more than 5 ms ago: a stale copy
-        (franky serves its last buffered state while a dying link times out). Nothing moves on it: a miss (HOLD,
-        stop issued); misses in a row abort the episode, and the run then needs the operator."""
+        (franky serves its last buffered state while a dying link times out; a starved simulator stops too). Nothing
+        is decided on it: HOLD (stop issued, plan forgotten) and the rest of the tick is skipped; a fresh state and
+        the next valid chunk resume. A link that stays dead raises libfranka's NetworkException within 1 s, which
+        ends the episode (R4)."""
         detail = f"robot state not updated since the last tick (robot time {state.robot_time_ms} ms)"
         self.interventions.record("state_stale", detail, severe=True)
-        self._miss(ep, "state_stale", detail)
-        if ep.outcome is not None:
-            self._fault = self._last_error = f"robot state stale: {detail}"
+        self._hold(ep, "state_stale")
 
     @staticmethod
     def _describe(error: ArmError | None, state: ArmState | None) -> str:

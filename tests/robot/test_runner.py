@@ -320,7 +320,7 @@ def test_console_stop_reaches_the_arm_within_10ms_p99(devices, cell):
             wait_mode(listener, EStopMode.ARMED)
             for _ in range(E1_TRIALS):
                 runner, spy = make_runner(devices, cell, FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1])), mode="receding",
-                                          estop=listener, max_episode_s=6.0)
+                                          estop=listener, max_episode_s=6.0, cameras={})  # no frames to go stale
                 thread, out = run_until(runner, lambda moves=spy.moves: len(moves) >= 6, "the arm never moved")
                 stop_and_join(runner, thread, sender.stop)
                 sent = console_stop_ns(listener)
