@@ -331,8 +331,10 @@ class Runner:
                              ep.events)
 
     def _verdict(self) -> bool:
+        """The scene's judgement as a plain bool (a sim predicate may return numpy's bool, which the JSON summary
+        cannot write)."""
         try:
-            return self.scene.verdict()
+            return bool(self.scene.verdict())
         except Exception:  # noqa: BLE001 - an unreadable verdict is a failure, not a crash
             log.exception("could not judge the episode")
             return False

@@ -450,3 +450,24 @@ def test_auto_recover_matches_error_names_exactly(flags, allowed):
     runner.close()
     assert summary.episodes[0].outcome == "aborted:arm_error"
     assert (arm.recovers, scene.resets, len(summary.episodes)) == ((1, 2, 2) if allowed else (0, 1, 1))
+
+
+def test_a_numpy_verdict_still_writes_the_summary(tmp_path):
+    """S1, after the loop: the sim's success predicate can answer with numpy's bool; the episode's success is kept as
+    a plain bool, so the JSON summary is written (it raised `Object of type int64 is not JSON serializable` after a
+    successful sim episode that ended at its time limit)."""
+    import json
+
+    import numpy as np
+
+    class NumpyVerdict(StillScene):
+        def verdict(self) -> Any:
+            return np.bool_(True)
+
+    runner = Runner(RunnerConfig(max_episode_s=0.3), SafetyConfig(), arm=FakeArm(), gripper=FakeGripper(), cameras={},
+                    policy=FnPolicy(constant([0.002, 0, 0, 0, 0, 0, 1])), scene=NumpyVerdict(), task="pick_bottle")
+    summary = runner.run(1)
+    runner.close()
+    summary.write_json(tmp_path / "summary.json")
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["episodes"][0]["outcome"] == "success" and data["totals"]["successes"] == 1
