@@ -95,6 +95,7 @@ class _Episode:
     frames: dict[str, Frame] | None = None  # the frames read this tick (None: a camera had no usable frame)
     misses: int = 0
     holding: str | None = None  # the reason of the current HOLD
+    reseed: bool = False  # a HOLD on a stale state: the next fresh state is where deltas compose from
     steps: int = 0
     ticks: int = 0
     outcome: str | None = None  # None while running; 'success', 'done', 'time_limit' or 'aborted:<reason>'
@@ -428,6 +429,8 @@ class Runner:
             return self._arm_fault(ep, error, state)
         if state.robot_time_ms <= previous.robot_time_ms and state.capture_ns - previous.capture_ns > _STATE_STALE_NS:
             return self._stale_state(ep, state)
+        if ep.reseed:
+            ep.T_cmd, ep.reseed = state.T_base_ee.copy(), False
         unsafe = self.envelope.check_state(state.wrench_ext, state.joint_positions, state.ee_twist)
         if unsafe is not None:
             return self._abort(ep, unsafe.rule)
@@ -659,6 +662,7 @@ class Runner:
         detail = f"robot state not updated since the last tick (robot time {state.robot_time_ms} ms)"
         self.interventions.record("state_stale", detail, severe=True)
         self._hold(ep, "state_stale")
+        ep.reseed = True  # the hold took the stale pose as the commanded one: the next fresh one replaces it
 
     @staticmethod
     def _describe(error: ArmError | None, state: ArmState | None) -> str:

@@ -167,7 +167,7 @@ class StallingSink:
     def record(self, tick: Any) -> None:
         self.ticks += 1
         if self.ticks == self.at:
-            self.arm.wait(0.05)  # the last zero-length Cartesian move ends; then joint control is allowed
+            self.arm.wait(0.1)  # the last 0.5 mm Cartesian step ends; then joint control is allowed
             far = np.array(HOME_Q) + [0.9, 0, 0, 0, 0, 0, 0]
             self.sent = self.arm.move_joints(far, asynchronous=True, dynamics_factor=1.0)
             self.stall_ns = time.monotonic_ns()
@@ -184,7 +184,7 @@ def test_a_stalled_loop_is_stopped_by_the_watchdog(devices, cell):
     began (it would otherwise run its full move), and the episode ends aborted:loop_stall once the loop resumes."""
     cell.reset(0)
     sink = StallingSink(devices[0])
-    runner, spy = make_runner(devices, cell, FnPolicy(constant([0, 0, 0, 0, 0, 0, 1])), max_episode_s=5.0,
+    runner, spy = make_runner(devices, cell, FnPolicy(constant([0.0005, 0, 0, 0, 0, 0, 1])), max_episode_s=5.0,
                               steps=sink)
     with Sampler(devices[0]) as sampler:
         thread, out = run_in_thread(runner)
