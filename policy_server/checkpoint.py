@@ -31,7 +31,7 @@ class CheckpointError(ValueError):
 
 
 class Normalization(BaseModel):
-    """Model units -> robot units. Deltas are scaled (CONVENTIONS.md); state enters unnormalised."""
+    """Model units -> robot units. Deltas are scaled (docs/conventions.md#actions); state enters unnormalised."""
 
     model_config = ConfigDict(extra="forbid")
     action_scale: list[float]

@@ -1,10 +1,10 @@
 """Chunk execution: the action convention, and one robot-clock timeline for the actions of every reply.
 
-The convention (CONVENTIONS.md): an action is [dx, dy, dz, droll, dpitch, dyaw, gripper] in robot units, a
+The convention (docs/conventions.md#actions): an action is [dx, dy, dz, droll, dpitch, dyaw, gripper] in robot units, a
 relative pose in the frame of the previous *commanded* target, composed as T_target[k+1] = T_target[k] · Δ[k]
 (Euler extrinsic xyz); gripper 1 = open, 0 = closed.
 
-The timeline (robot_stack_anchors.md gap 4, diffusion_policy's `exec_actions`): action k of a reply to the
+The timeline (docs/conventions.md#when-an-action-runs; diffusion_policy's `exec_actions`): action k of a reply to the
 observation taken at t_obs is due at t_obs + k·dt, i.e. on the tick nearest that time. Actions whose tick has
 already passed when the reply arrives are dropped ('past_due'), and any action whose observation is older than
 `max_obs_age` when it would start is dropped ('stale'): late data fails loudly instead of moving the arm

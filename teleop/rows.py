@@ -4,7 +4,7 @@ A row holds what the policy saw and what the loop did at that tick (`robot.runne
 - `observation.state`: the model's state input [x, y, z, roll, pitch, yaw, gripper_open] (metres, radians, Euler
   extrinsic xyz, `ee` in `base`; the gripper as commanded before the tick), exactly what `dv-robot` sends;
 - `action`: the delta [dx, dy, dz, droll, dpitch, dyaw, gripper_open] composed on the previous commanded target
-  (CONVENTIONS.md), i.e. what `dv-robot` executes, so a recorded episode replays through the same loop;
+  (docs/conventions.md#actions), i.e. what `dv-robot` executes, so a recorded episode replays through the same loop;
 - `action.target`: the absolute target after the tick; `observation.joints`, `observation.gripper` (width in
   metres, grasped flag);
 - `observation.capture_s`: the monotonic capture time of every stream (tick start, proprioception, gripper,

@@ -7,7 +7,7 @@ Pure logic (numpy and scipy only, no I/O), so every rule is unit-tested without 
 - `check_path` and `filter_target`: each commanded pose. A chunk whose predicted path leaves the workspace box by
   more than the clamp margin is rejected; each single target is then capped per step (speed), kept in the
   orientation cone, clamped into the box and held within `max_lead_m` of the measured pose, so that if
-  everything dies the arm stops within L_max (the bounded-lead invariant, safety_reliability.md §2.5).
+  everything dies the arm stops within L_max (the bounded-lead invariant, docs/safety.md#bounded-lead).
   Given the measured joints, `filter_target` also looks at the arm's kinematics (robot/kinematics.py): the
   condition number κ of the 6x7 Jacobian shrinks the step caps above `singularity_slow_kappa` and refuses every
   target from `singularity_stop_kappa` on (A8), and the joints a target would need, predicted by one damped

@@ -5,7 +5,7 @@ An expert is two parts, so the same plans serve the runner (`--policy scripted`)
   sim reports at the start of the episode (`plan_task`);
 - a *stepper* (`ScriptedExpert.act`) that turns the plan into one Cartesian target per control tick, moving the
   target at most 0.2 m/s and 0.6 rad/s (per 15 Hz tick 13 mm and 0.04 rad: inside the action scale of
-  CONVENTIONS.md, 0.02 m and 0.05 rad per unit, and under the safety envelope's 0.25 m/s default), and waiting
+  docs/conventions.md, 0.02 m and 0.05 rad per unit, and under the safety envelope's 0.25 m/s default), and waiting
   at waypoints the measured pose must reach before the gripper acts.
 
 `run_episode` drives the stepper through the real franky client at the control rate: each tick an asynchronous

@@ -63,7 +63,7 @@ def intrinsics_for(fovy_deg: float, width: int, height: int) -> Intrinsics:
     return Intrinsics(width, height, f, f, (width - 1) / 2, (height - 1) / 2)
 
 
-# MuJoCo cameras look along -z with y up; the optical frame (CONVENTIONS.md) has y down and z forward.
+# MuJoCo cameras look along -z with y up; the optical frame (docs/conventions.md#frames) has y down and z forward.
 _MJCAM_T_OPTICAL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 

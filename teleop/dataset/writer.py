@@ -1,6 +1,6 @@
 """Crash-safe episode writer for the LeRobot v3 layout.
 
-Protocol (safety_reliability.md §4):
+Protocol (docs/safety.md#recording):
 1. An episode is written into ``.dv/staging/tmp-<uuid>/`` at its final relative paths (parquet, mp4, depth PNGs).
 2. commit: close every stream, check counts, fsync every file, write ``manifest.json`` (temp + fsync + replace),
    fsync the directory, then ``rename`` it to ``.dv/committed/episode_<idx>/`` and fsync the parent.

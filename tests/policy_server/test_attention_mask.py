@@ -1,4 +1,4 @@
-"""The structured mask equals the reference table (shared/reference/dreamvla_reference.md section 2), cell by cell."""
+"""The structured mask equals the released DreamVLA code's mask table, cell by cell."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Chunk execution as pure logic: the action convention, the robot-clock timeline, the three modes, and the
 local policies (scripted, replay) that express absolute plans as chunks in the same convention.
 
-Rows of safety_reliability.md §6 (or the convention) named in each docstring.
+Rows of the fault matrix (docs/safety.md#fault-matrix) or the convention (docs/conventions.md) named in each docstring.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ small = st.floats(-0.05, 0.05)
 @settings(max_examples=100, deadline=None)
 @given(action=st.tuples(*(small,) * 6).map(np.array), start=st.tuples(*(st.floats(-math.pi, math.pi),) * 3))
 def test_delta_round_trip(action, start):
-    """CONVENTIONS.md: execution composes T[k+1] = T[k]·Δ[k]; recording derives Δ[k] = inv(T[k])·T[k+1] — the
+    """docs/conventions.md#actions: execution composes T[k+1] = T[k]·Δ[k]; recording derives Δ[k] = inv(T[k])·T[k+1] — the
     same six numbers come back."""
     T = np.eye(4)
     T[:3, :3] = Rotation.from_euler("xyz", start).as_matrix()
@@ -57,7 +57,7 @@ def test_delta_round_trip(action, start):
 
 
 def test_delta_is_expressed_in_the_previous_target_frame():
-    """CONVENTIONS.md: dx, dy, dz are along the previous commanded target's axes, not the base axes. With the
+    """docs/conventions.md#actions: dx, dy, dz are along the previous commanded target's axes, not the base axes. With the
     tool pointing down (ee z = -base z), +dz moves the TCP down and +dy moves it towards -base y."""
     after = compose(TOOL_DOWN, np.array([0.0, 0.01, 0.02, 0.0, 0.0, 0.0]))
     np.testing.assert_allclose(after[:3, 3], [0.3, -0.01, 0.48])
@@ -68,7 +68,7 @@ def test_delta_is_expressed_in_the_previous_target_frame():
 
 
 def test_state_vector_layout():
-    """CONVENTIONS.md state: [x, y, z, roll, pitch, yaw (Euler xyz), gripper_open 1/0], float32."""
+    """docs/conventions.md#the-state-vector: [x, y, z, roll, pitch, yaw (Euler xyz), gripper_open 1/0], float32."""
     s = state_vector(TOOL_DOWN, gripper_open=False)
     assert s.dtype == np.float32 and s.shape == (7,)
     np.testing.assert_allclose(s, [0.3, 0.0, 0.5, math.pi, 0.0, 0.0, 0.0], atol=1e-6)
@@ -78,7 +78,7 @@ def test_state_vector_layout():
 
 
 def test_actions_are_due_at_t_obs_plus_k_dt():
-    """Gap 4 of robot_stack_anchors.md: action k of a reply to the observation taken at tick n runs at tick n + k."""
+    """docs/conventions.md#when-an-action-runs: action k of a reply to the observation taken at tick n runs at tick n + k."""
     tl = timeline()
     assert tl.add(chunk(1, 2, 3), t_obs_ns=tick(10), oldest_capture_ns=tick(10), now_slot=10) == 3
     assert [tl.take(n, tick(n)).action[0] for n in (10, 11, 12)] == [1, 2, 3]
