@@ -161,7 +161,7 @@ def check_endpoint(endpoint: str, allow_remote: bool) -> None:
 
 def make_socket(context: zmq.Context, kind: int, *, conflate: bool = False, hwm: int | None = None,
                 max_bytes: int | None = None) -> zmq.Socket:
-    """A socket that never lingers on close (shutdown and stop paths must not hang, safety_reliability §3.1)."""
+    """A socket that never lingers on close (shutdown and stop paths must not hang: docs/safety.md#sockets)."""
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     if conflate:

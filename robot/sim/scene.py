@@ -1,4 +1,4 @@
-"""MJCF for the workcell: a table under the FR3, the task objects of papers/000 §4.3, and two D415 cameras.
+"""MJCF for the workcell: a table under the FR3, the task objects of the DreamVLA paper (§4.3), and two D415 cameras.
 
 Everything is built from primitives (boxes, capsules, cylinders, spheres), so the scene adds no mesh assets to
 franky-sim's FR3. Dimensions are chosen for the Franka hand, whose geometry fixes what a

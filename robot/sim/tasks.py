@@ -1,4 +1,4 @@
-"""The six real-robot tasks of papers/000 §4.3 (Table 2): what is on the table, how it is placed, and success.
+"""The six real-robot tasks of the DreamVLA paper (§4.3, Table 2): what is on the table, how it is placed, and success.
 
 Success criteria follow the paper: a pick succeeds when the object is grasped (touching both fingers) and lifted
 (its frame more than 5 cm above where it rested); a place succeeds when the object lies inside the basket; a

@@ -341,6 +341,6 @@ class SimWorkcell:
         return self.state().poses
 
     def success(self) -> bool:
-        """The task's success predicate on the current state (papers/000 §4.3 criteria)."""
+        """The task's success predicate on the current state (the DreamVLA paper's §4.3 criteria)."""
         assert self.layout is not None
         return is_success(self.task, self.state(), self.layout.drawer_opening)

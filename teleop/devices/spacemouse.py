@@ -4,7 +4,7 @@ The device's six axes (each -1..1, read in pyspacemouse's ROS convention: x forw
 about those axes) become a velocity of `ee` in `base` after a dead zone, scaled to `speed_mps`/`turn_rps`, and
 rotated by `yaw_offset_deg` about z so that "forward" on the puck is forward for where the operator stands
 (0: behind the robot, looking along base x; 180: facing it across the table). Left button: toggle the gripper;
-right button: end the episode (issue 5 §1). A reader thread polls the device at `poll_hz` (as diffusion_policy
+right button: end the episode. A reader thread polls the device at `poll_hz` (as diffusion_policy
 does at 200 Hz), so the control loop only ever reads the newest state.
 """
 
