@@ -2,8 +2,8 @@
 
 A device (SpaceMouse, keyboard) only reports the operator's newest *velocity* command in `base` (what a person
 pushing a 3-D mouse towards the robot means) plus the gripper and end-of-episode buttons. `TeleopPolicy` turns
-it into a chunk in the action convention (deltas on the commanded target, docs/conventions.md#actions), so the operator's
-commands run through the same loop, timeline and safety envelope as a trained policy. The loop
+it into a chunk in the action convention (deltas on the commanded target, docs/conventions.md#actions), so the
+operator's commands run through the same loop, timeline and safety envelope as a trained policy. The loop
 runs it in receding mode: a fresh command every tick, the rest of the chunk only covers a late tick.
 """
 

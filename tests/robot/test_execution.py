@@ -49,16 +49,16 @@ small = st.floats(-0.05, 0.05)
 @settings(max_examples=100, deadline=None)
 @given(action=st.tuples(*(small,) * 6).map(np.array), start=st.tuples(*(st.floats(-math.pi, math.pi),) * 3))
 def test_delta_round_trip(action, start):
-    """docs/conventions.md#actions: execution composes T[k+1] = T[k]·Δ[k]; recording derives Δ[k] = inv(T[k])·T[k+1] — the
-    same six numbers come back."""
+    """docs/conventions.md#actions: execution composes T[k+1] = T[k]·Δ[k]; recording derives
+    Δ[k] = inv(T[k])·T[k+1] — the same six numbers come back."""
     T = np.eye(4)
     T[:3, :3] = Rotation.from_euler("xyz", start).as_matrix()
     np.testing.assert_allclose(delta_between(T, compose(T, action)), action, atol=1e-9)
 
 
 def test_delta_is_expressed_in_the_previous_target_frame():
-    """docs/conventions.md#actions: dx, dy, dz are along the previous commanded target's axes, not the base axes. With the
-    tool pointing down (ee z = -base z), +dz moves the TCP down and +dy moves it towards -base y."""
+    """docs/conventions.md#actions: dx, dy, dz are along the previous commanded target's axes, not the base axes.
+    With the tool pointing down (ee z = -base z), +dz moves the TCP down and +dy moves it towards -base y."""
     after = compose(TOOL_DOWN, np.array([0.0, 0.01, 0.02, 0.0, 0.0, 0.0]))
     np.testing.assert_allclose(after[:3, 3], [0.3, -0.01, 0.48])
     np.testing.assert_allclose(delta_transform(np.array([0, 0, 0, 0, 0, math.pi / 2]))[:3, :3],
