@@ -78,7 +78,8 @@ def test_state_vector_layout():
 
 
 def test_actions_are_due_at_t_obs_plus_k_dt():
-    """docs/conventions.md#when-an-action-runs: action k of a reply to the observation taken at tick n runs at tick n + k."""
+    """docs/conventions.md#when-an-action-runs: action k of a reply to the observation taken at tick n runs at
+    tick n + k."""
     tl = timeline()
     assert tl.add(chunk(1, 2, 3), t_obs_ns=tick(10), oldest_capture_ns=tick(10), now_slot=10) == 3
     assert [tl.take(n, tick(n)).action[0] for n in (10, 11, 12)] == [1, 2, 3]
