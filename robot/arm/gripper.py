@@ -20,6 +20,7 @@ takes no further command for the rest of the process (a real Franka Hand answers
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -33,8 +34,15 @@ from robot.connection import Connectable
 log = logging.getLogger(__name__)
 
 STOP_WAIT_S = 0.2  # the longest the caller of `stop()` waits for franky's stop to be acknowledged
-# franky grippers whose pre-empted command never completed (franky-sim): kept until the process exits
-_STRANDED: list[object] = []
+
+
+def _strand(obj: object) -> None:
+    """Never destroy `obj`: a franky command future (or the Gripper holding it) whose command a stop pre-empted and
+    franky-sim never answers. Its C++ destructor joins the thread waiting for that reply, so destroying it (when a
+    local goes out of scope, or in the interpreter's final garbage collection at exit) would hang the process. One
+    reference that is never released keeps it alive until the OS reclaims the process; it happens at most once
+    per gripper, since this gripper then takes no further command."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
 
 
 def _franky_stop(gripper: franky.Gripper) -> bool:
@@ -122,7 +130,7 @@ class Gripper(Connectable):
                 return
         self._worker = None
         if self._stranded:
-            _STRANDED.append(self._gripper)  # its destructor would wait, holding the GIL, for a reply that never comes
+            _strand(self._gripper)  # its destructor would wait, holding the GIL, for a reply that never comes
         self._gripper = None
 
     # -- the loop's side: never blocks on I/O --------------------------------------------------------------------
@@ -227,6 +235,7 @@ class Gripper(Connectable):
                     self.stop(f"gripper {what} still running after {cfg.command_timeout_s} s")
                 if self._abandon:  # pre-empted by a stop: franky may never complete this future
                     self._stranded = True
+                    _strand(future)
                     return
             if not future.get() and not self._abandon:
                 self.latch_fault(f"gripper {what} reported failure")
