@@ -33,6 +33,7 @@ from typing import Self
 import mujoco
 import numpy as np
 from franky_sim import LocalHostnames, SimulationServer
+from franky_sim.franka_server import FrankaServer
 from franky_sim.mujoco_simulator import FrankaMujocoRobot, MujocoSimulator
 
 from robot.cameras.sim import SimCamera, SimCameraConfig
@@ -133,6 +134,7 @@ class SimWorkcell:
             self._physics_thread = None
         if self._server is not None:
             self._server.cleanup()
+            close_connections(self._server)
             self._server = None
         if self._sim is not None and self._sim.is_initialized and not self._sim.is_cleaned_up:
             self._sim.cleanup()
@@ -344,3 +346,13 @@ class SimWorkcell:
         """The task's success predicate on the current state (the DreamVLA paper's §4.3 criteria)."""
         assert self.layout is not None
         return is_success(self.task, self.state(), self.layout.drawer_opening)
+
+
+def close_connections(server: SimulationServer) -> None:
+    """franky-sim's cleanup closes only its listening sockets: the accepted TCP connections and the UDP sockets of
+    the arm and the hand stay open (CLOSE-WAIT) for as long as anything references the server. Left so, a sim
+    started later on the same loopback ports (in this process or a child) saw state jumps in its first episode;
+    close them with the servers."""
+    for robot_server in server.robot_servers:
+        for part in (robot_server, *(v for v in vars(robot_server).values() if isinstance(v, FrankaServer))):
+            part.reset_state()

@@ -29,11 +29,14 @@ HOME_Q = [0.0, 0.0, 0.0, -1.57, 0.0, 1.57, 0.785]
 def sim_host() -> Iterator[str]:
     from franky_sim.mujoco_simulator import MujocoSimulator
 
+    from robot.sim.workcell import close_connections
+
     with MujocoSimulator() as sim:
         robot = sim.add_robot()
         with franky_sim.SimulationServer(sim) as server:
             server.run_async()
             yield robot.hostname
+        close_connections(server)
 
 
 @pytest.fixture(scope="module")
