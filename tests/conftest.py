@@ -1,8 +1,21 @@
-"""Shared fixtures: a small seeded DreamVLA and synthetic training windows for it."""
+"""Shared fixtures: a small seeded DreamVLA and synthetic training windows for it; the test process's scheduling."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def ordinary_scheduling():
+    """Run every test, and every process it starts, under the ordinary scheduler. libfranka raises the thread that
+    runs a motion to SCHED_FIFO 99 (it can, as root), and in an in-process franky-sim test that is the test's main
+    thread; every subprocess started after that inherited real-time FIFO priority, which starved its own sim's
+    physics thread (dv-robot children saw the arm jump: `tcp_speed` at 0.3-0.5 m/s; e-stop latencies over 10 ms)."""
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    yield
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 @pytest.fixture
