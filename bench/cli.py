@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from policy_server.bench import serve_latency
+from bench import recorder as record_bench
+from bench import robot as robot_bench
+from bench import serve_latency
 from policy_server.cli.common import run_subcommand
-from robot import bench as robot_bench
-from teleop import bench as record_bench
 
 if TYPE_CHECKING:
-    from policy_server.bench.model_latency import BenchResult
+    from bench.model_latency import BenchResult
 
 console = Console()
 
@@ -43,7 +43,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
     """Time the serving-step variants of one named config (random weights)."""
     import torch
 
-    from policy_server.bench.model_latency import run_model_bench
+    from bench.model_latency import run_model_bench
     from policy_server.model.config import preset
 
     if args.iters < 1 or args.warmup < 0:

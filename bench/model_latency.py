@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from policy_server.engine import EpisodeHistory, Observation, PolicyEngine, Precision
 from policy_server.model.config import ModelConfig
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.knowledge import build_decoders
 from policy_server.model.text import ByteTokenizer, Tokenizer, build_tokenizer
+from policy_server.serving.engine import EpisodeHistory, Observation, PolicyEngine, Precision
 
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 RECOMPUTE, CACHED, DECODERS = "recompute", "cached", "cached+decoders"

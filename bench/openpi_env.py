@@ -6,7 +6,7 @@ its declared dependencies (numpy 1.x, msgpack, websockets, dm-tree, pillow) reso
 with `--no-deps` on numpy 2: the point is to measure openpi's transport as deployed, and its numpy pin is
 part of that deployment.
 
-Made once, then reused: `python -m policy_server.bench.openpi_env [DIR]` (or automatically by the
+Made once, then reused: `python -m bench.openpi_env [DIR]` (or automatically by the
 benchmark). The default place is outside the work tree (`$DV_OPENPI_VENV`, else
 `${XDG_CACHE_HOME:-~/.cache}/dreamvla/openpi-bench-venv`), so nothing is added to git and ruff/pytest
 never wander into a venv's site-packages.

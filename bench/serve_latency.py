@@ -41,13 +41,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from policy_server.bench import openpi_env
-from policy_server.bench.serve_worker import CAMERAS, IMAGE_SIZE, INSTRUCTION, payload, robot_contract, timed
-from policy_server.client import PolicyClient
-from policy_server.protocol import Chunk, Observation
-from policy_server.server import Backend, PolicyServer
+from bench import openpi_env
+from bench.serve_worker import CAMERAS, IMAGE_SIZE, INSTRUCTION, payload, robot_contract, timed
+from dreamvla_client.client import PolicyClient
+from dreamvla_client.protocol import Chunk, Observation
+from policy_server.serving.server import Backend, PolicyServer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 OPENPI_SCRIPTS = Path(__file__).resolve().parent / "openpi"
 TARGET_OVERHEAD_P50_MS = 1.0
 COMPUTE_STAGES = ("encode", "backbone", "diffusion")  # the backend's own stages in a chunk's timing_ms
@@ -160,7 +160,7 @@ def our_server(stack: ExitStack, log_dir: Path, name: str, *args: str, threads: 
 def our_workers(stack: ExitStack, log_dir: Path, count: int, prefix: str = "client") -> list[Child]:
     """`count` client processes (torch-free), each with its own payload seed."""
     return [stack.enter_context(_closing(Child(
-        f"{prefix}{i}", [sys.executable, "-m", "policy_server.bench.serve_worker", "--client-id", f"{prefix}{i}",
+        f"{prefix}{i}", [sys.executable, "-m", "bench.serve_worker", "--client-id", f"{prefix}{i}",
                          "--seed", str(i)], log_dir, project_env())))
             for i in range(count)]
 
@@ -362,7 +362,7 @@ def tiny_checkpoint(out: Path) -> Path:
     """A fresh tiny checkpoint (random weights: latency depends on shapes, not values), made silently."""
     import torch
 
-    from policy_server.checkpoint import save_checkpoint
+    from policy_server.model.checkpoint import save_checkpoint
     from policy_server.model.config import preset
     from policy_server.model.dreamvla import DreamVLA
     from policy_server.model.text import build_tokenizer
@@ -378,8 +378,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole benchmark; returns the JSON-able result that `render` prints."""
     import torch
 
-    from policy_server.backend import EngineBackend
-    from policy_server.engine import PolicyEngine
+    from policy_server.serving.backend import EngineBackend
+    from policy_server.serving.engine import PolicyEngine
 
     began, load_start = time.perf_counter(), os.getloadavg()
     if args.threads:

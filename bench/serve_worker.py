@@ -27,9 +27,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from policy_server.client import PolicyClient
-from policy_server.contract import STATE_RANGES
-from policy_server.protocol import STATE_LAYOUT, CameraContract, RobotContract
+from dreamvla_client.client import PolicyClient
+from dreamvla_client.contract import STATE_RANGES
+from dreamvla_client.protocol import STATE_LAYOUT, CameraContract, RobotContract
 
 CAMERAS = ("static", "wrist")
 IMAGE_SIZE = 224

@@ -25,8 +25,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from policy_server.bind_policy import HANDSHAKE_FAILED, check_connect_policy, secure_client
-from policy_server.protocol import (
+from dreamvla_client.protocol import (
     DEFAULT_LIMITS,
     REPLIES,
     Chunk,
@@ -49,6 +48,7 @@ from policy_server.protocol import (
     decode,
     encode,
 )
+from dreamvla_client.security import HANDSHAKE_FAILED, check_connect_policy, secure_client
 
 log = logging.getLogger(__name__)
 

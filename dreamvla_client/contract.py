@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policy_server.protocol import Infer, ModelContract, ProtocolError, RobotContract
+from dreamvla_client.protocol import Infer, ModelContract, ProtocolError, RobotContract
 
 # Physical range of each state entry the protocol knows (docs/conventions.md: metres and radians in the
 # robot base frame, Euler xyz as scipy's `as_euler("xyz")` returns them, gripper 1 = open / 0 = closed).

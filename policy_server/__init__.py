@@ -1,4 +1,2 @@
-"""GPU side: the DreamVLA model, its checkpoints, inference engine and server.
-
-Kept free of heavy imports so that torch-free modules (the wire protocol, the client) import on a robot PC.
-"""
+"""GPU side: `model/` (the network, its losses, config and checkpoints), `serving/` (engine, backend, ZeroMQ
+server) and `training/` (fine-tuning). The wire it speaks lives in `dreamvla_client`, which the robot imports."""

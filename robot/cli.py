@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.text import Text
 
-from policy_server.bind_policy import is_loopback
+from dreamvla_client.security import is_loopback
 from robot.execution import MODES
 from robot.policy import Policy, RemotePolicy, ReplayPolicy, robot_contract
 from robot.runner import Runner, RunnerConfig, RunSummary, episode_table, interventions_table, latency_table
@@ -121,7 +121,7 @@ def check_server(endpoint: str, contract: Any, key: bytes | None, allow_unauthen
                  timeout_s: float) -> None:
     """Pre-flight: the server answers a `hello` with this robot's contract (and key) within `timeout_s`, before
     anything moves; the episodes' own requests then go through `RemotePolicy`."""
-    from policy_server.client import PolicyClient, PolicyError
+    from dreamvla_client.client import PolicyClient, PolicyError
 
     with opening(f"policy server at {endpoint}", SERVER_CHECK, PolicyError), \
             PolicyClient(endpoint, contract, client_id="dv-robot-preflight", key=key, retries=1,

@@ -17,8 +17,8 @@ from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 
-from policy_server.client import ContractMismatch, PolicyClient, PolicyTimeout, ServerError, SessionLost
-from policy_server.protocol import STATE_LAYOUT, CameraContract, RobotContract
+from dreamvla_client.client import ContractMismatch, PolicyClient, PolicyTimeout, ServerError, SessionLost
+from dreamvla_client.protocol import STATE_LAYOUT, CameraContract, RobotContract
 from robot.execution import delta_between
 
 FailureKind = Literal["timeout", "session_lost", "server_error", "contract", "internal"]

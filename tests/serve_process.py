@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from policy_server.server import PolicyServer
+from policy_server.serving.server import PolicyServer
 
 REPO = Path(__file__).resolve().parents[1]
 

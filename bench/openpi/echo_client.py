@@ -1,7 +1,7 @@
 """openpi's client (`openpi_client.WebsocketClientPolicy`) in a timing loop, for `dv-bench serve`.
 
 Runs inside the separate openpi venv. Speaks the same JSON-lines protocol on stdin/stdout as
-`policy_server.bench.serve_worker` (op "latency" only), so the benchmark drives both clients alike.
+`bench.serve_worker` (op "latency" only), so the benchmark drives both clients alike.
 The observation is openpi's usual layout with the benchmark's payload: two (size, size, 3) uint8
 images, a 7-D float32 state and the prompt (openpi clients send the prompt with every observation).
 """

@@ -1,6 +1,6 @@
 """An echo policy served the way openpi serves a policy, for `dv-bench serve`'s transport comparison.
 
-Runs inside the separate openpi venv (see `policy_server/bench/openpi_env.py`), never in the project's
+Runs inside the separate openpi venv (see `bench/openpi_env.py`), never in the project's
 environment. Written for this benchmark from openpi's documented server behaviour (its
 `WebsocketPolicyServer`), not copied from it:
   - a `websockets` asyncio server, per-message compression off, no message size limit;
@@ -8,7 +8,7 @@ environment. Written for this benchmark from openpi's documented server behaviou
   - then, per message: unpack the observation, call `policy.infer(obs)`, add `server_timing`
     ({"infer_ms", and "prev_total_ms" from the second request on}), pack and send the result;
   - an exception is sent back as a text frame (the client raises on text) and the connection closed.
-The policy is the same echo as `policy_server.echo.EchoBackend`: chunk row k = (k + 1) * state.
+The policy is the same echo as `policy_server.serving.echo.EchoBackend`: chunk row k = (k + 1) * state.
 
 Prints `READY ws://127.0.0.1:PORT` once listening (port 0 picks a free one).
 """

@@ -19,7 +19,7 @@ console = Console()
 def _cmd_init(args: argparse.Namespace) -> int:
     import torch
 
-    from policy_server.checkpoint import save_checkpoint
+    from policy_server.model.checkpoint import save_checkpoint
     from policy_server.model.config import preset
     from policy_server.model.dreamvla import DreamVLA
     from policy_server.model.text import build_tokenizer
@@ -46,7 +46,7 @@ def _info_table(info: dict) -> Table:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from policy_server.checkpoint import read_meta
+    from policy_server.model.checkpoint import read_meta
     from policy_server.model.config import preset
     from policy_server.model.summary import describe
 
@@ -66,7 +66,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from policy_server.model.config import preset
-    from policy_server.official_import import import_official
+    from policy_server.model.official_import import import_official
 
     target = preset(args.config) if args.config else None
     report = import_official(Path(args.ckpt), Path(args.mae), Path(args.out),
@@ -77,7 +77,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _cmd_try(args: argparse.Namespace) -> int:
     """Run the policy on synthetic observations: the smallest end-to-end check of a checkpoint."""
-    from policy_server.engine import Observation, PolicyEngine
+    from policy_server.serving.engine import Observation, PolicyEngine
 
     engine = PolicyEngine.from_checkpoint(Path(args.checkpoint), device=args.device)
     rng = np.random.default_rng(args.seed)

@@ -17,10 +17,10 @@ import numpy as np
 from rich.console import Console
 from rich.logging import RichHandler
 
-from policy_server.bind_policy import check_bind_policy, read_key_file
-from policy_server.echo import EchoBackend, echo_contract
-from policy_server.protocol import Observation
-from policy_server.server import Backend, PolicyServer
+from dreamvla_client.protocol import Observation
+from dreamvla_client.security import check_bind_policy, read_key_file
+from policy_server.serving.echo import EchoBackend, echo_contract
+from policy_server.serving.server import Backend, PolicyServer
 
 console = Console(stderr=True)
 
@@ -28,8 +28,8 @@ console = Console(stderr=True)
 def _engine_backend(args: argparse.Namespace) -> Backend:
     import torch
 
-    from policy_server.backend import EngineBackend
-    from policy_server.engine import PolicyEngine
+    from policy_server.serving.backend import EngineBackend
+    from policy_server.serving.engine import PolicyEngine
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():

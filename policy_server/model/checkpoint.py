@@ -16,10 +16,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 
+from dreamvla_client.protocol import STATE_LAYOUT
 from policy_server.model.config import ModelConfig
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import ClipTokenizer, Tokenizer, build_tokenizer
-from policy_server.protocol import STATE_LAYOUT
 
 FORMAT = "dreamvla-robot/checkpoint"
 FORMAT_VERSION = 1

@@ -37,8 +37,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from policy_server.checkpoint import save_checkpoint
 from policy_server.model.backbone import CONV1D_WEIGHT
+from policy_server.model.checkpoint import save_checkpoint
 from policy_server.model.config import (
     ActionConvention,
     ActionHeadConfig,

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from dreamvla_client.protocol import STATE_LAYOUT
 from policy_server.model.config import ModelConfig
 from policy_server.model.dreamvla import DreamVLA
-from policy_server.protocol import STATE_LAYOUT
 
 # Built and run only in training; the serving engine never constructs them.
 TRAINING_ONLY = ("decoders.",)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from policy_server import engine as eng
-from policy_server.contract import physical_state_range
-from policy_server.protocol import ModelContract, Observation
+from dreamvla_client.contract import physical_state_range
+from dreamvla_client.protocol import ModelContract, Observation
+from policy_server.serving import engine as eng
 
 # The contract's action range, in model units (times the checkpoint's action scale): beyond it an output is
 # a numerical failure (an overflow, a poisoned history), not an action. It is loose on purpose: a trained

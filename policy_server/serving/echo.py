@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from policy_server.contract import physical_state_range
-from policy_server.protocol import STATE_LAYOUT, ModelContract, Observation
+from dreamvla_client.contract import physical_state_range
+from dreamvla_client.protocol import STATE_LAYOUT, ModelContract, Observation
 
 
 class EchoBackend:

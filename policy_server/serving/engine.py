@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from policy_server.checkpoint import CheckpointMeta, load_checkpoint
+from policy_server.model.checkpoint import CheckpointMeta, load_checkpoint
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import Tokenizer
 from policy_server.model.vision import preprocess_images

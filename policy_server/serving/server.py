@@ -1,6 +1,6 @@
 """`dv-serve`'s transport: a ZeroMQ ROUTER that speaks protocol v1 and micro-batches inference.
 
-Torch-free on purpose: the policy sits behind `Backend` (the DreamVLA one is `policy_server.backend`),
+Torch-free on purpose: the policy sits behind `Backend` (the DreamVLA one is `policy_server.serving.backend`),
 so the transport can be tested and benchmarked with `EchoBackend` and no model at all.
 
 Threads: the socket thread owns the ROUTER and every table (peers, sessions, statistics); it decodes,
@@ -28,9 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from policy_server.bind_policy import check_bind_policy, secure_server, start_authenticator
-from policy_server.contract import ObservationCheck, OutputCheck, contract_mismatches
-from policy_server.protocol import (
+from dreamvla_client.contract import ObservationCheck, OutputCheck, contract_mismatches
+from dreamvla_client.protocol import (
     DEFAULT_LIMITS,
     REQUESTS,
     Chunk,
@@ -52,7 +51,8 @@ from policy_server.protocol import (
     decode,
     encode,
 )
-from policy_server.tables import ExpiringMap, LatencyStats
+from dreamvla_client.security import check_bind_policy, secure_server, start_authenticator
+from policy_server.serving.tables import ExpiringMap, LatencyStats
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import msgpack
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from policy_server.bind_policy import is_loopback
+from dreamvla_client.security import is_loopback
 
 M = TypeVar("M", bound=BaseModel)
 

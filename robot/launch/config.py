@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from policy_server.bind_policy import MIN_KEY_BYTES, is_loopback, read_key_file
+from dreamvla_client.security import MIN_KEY_BYTES, is_loopback, read_key_file
 from robot.arm import ArmConfig
 from robot.cameras import CameraConfig, camera_config_from_dict
 from robot.estop.wire import HEARTBEAT_ENDPOINT, HEARTBEAT_TIMEOUT_S, STATUS_ENDPOINT

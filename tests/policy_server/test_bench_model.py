@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from policy_server.cli.bench import main  # noqa: E402
+from bench.cli import main  # noqa: E402
 
 
 def test_model_bench_json_is_consistent(capsys):

@@ -13,8 +13,8 @@ import pytest
 from rich.console import Console
 from serve_process import serving
 
-from policy_server.bench import serve_latency as sl
-from policy_server.echo import EchoBackend, echo_contract
+from bench import serve_latency as sl
+from policy_server.serving.echo import EchoBackend, echo_contract
 
 
 def check_overhead(wire: dict) -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from policy_server.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from policy_server.cli.model import main as dv_model
+from policy_server.model.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from policy_server.model.config import ModelConfig, VisionConfig
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import MissingWeightsError

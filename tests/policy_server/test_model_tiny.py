@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from policy_server.engine import Observation, PolicyEngine
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import build_tokenizer
+from policy_server.serving.engine import Observation, PolicyEngine
 
 
 def _model(cfg, *, decoders: bool, seed: int = 0) -> DreamVLA:

@@ -21,12 +21,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from policy_server import official_import  # noqa: E402
-from policy_server.checkpoint import load_checkpoint  # noqa: E402
 from policy_server.cli.model import main as dv_model  # noqa: E402
+from policy_server.model import official_import  # noqa: E402
+from policy_server.model.checkpoint import load_checkpoint  # noqa: E402
 from policy_server.model.config import ActionConvention, ActionHeadConfig, ModelConfig, preset  # noqa: E402
-from policy_server.model.text import MissingWeightsError  # noqa: E402
-from policy_server.official_import import (  # noqa: E402
+from policy_server.model.official_import import (  # noqa: E402
     CLIP_REPO,
     OfficialImportError,
     convert,
@@ -40,6 +39,7 @@ from policy_server.official_import import (  # noqa: E402
     recognise,
     with_training_data,
 )
+from policy_server.model.text import MissingWeightsError  # noqa: E402
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "data" / "official_checkpoints"
 
@@ -536,10 +536,10 @@ def test_import_official_end_to_end(inputs):
 
 def served_mismatches(checkpoint: Path) -> dict[str, str]:
     """What the server's contract check says when our robot says `hello` to this checkpoint's backend."""
-    from policy_server.backend import EngineBackend
-    from policy_server.contract import contract_mismatches
-    from policy_server.engine import PolicyEngine
-    from policy_server.protocol import STATE_LAYOUT, CameraContract, RobotContract
+    from dreamvla_client.contract import contract_mismatches
+    from dreamvla_client.protocol import STATE_LAYOUT, CameraContract, RobotContract
+    from policy_server.serving.backend import EngineBackend
+    from policy_server.serving.engine import PolicyEngine
 
     contract = EngineBackend(PolicyEngine.from_checkpoint(checkpoint)).contract()
     robot = RobotContract(cameras=[CameraContract(name=c, height=480, width=640) for c in contract.cameras],

@@ -70,9 +70,9 @@ def test_paper_real_shares_seer_droid_widths(capsys):
 
 def test_paper_calvin_bf16_step_on_cpu():
     """One full-window (10 frames) serving step of paper-calvin, random weights, bf16 autocast on CPU."""
-    from policy_server.engine import Observation, PolicyEngine
     from policy_server.model.dreamvla import DreamVLA
     from policy_server.model.text import ByteTokenizer
+    from policy_server.serving.engine import Observation, PolicyEngine
 
     cfg = preset("paper-calvin")
     model = DreamVLA(cfg, with_decoders=False, load_pretrained=False)

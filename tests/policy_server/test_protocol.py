@@ -1,4 +1,4 @@
-"""Wire protocol v1 codec (policy_server/protocol.py) against docs/protocol.md.
+"""Wire protocol v1 codec (dreamvla_client/protocol.py) against docs/protocol.md.
 
 Round trips of every message type (bit-exact, zero-copy), the CURVE key derivation, a corpus of bad inputs
 each mapped to the `error` code `protocol.decode` must raise (and the seq/session it must still echo), a
@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy_server import protocol as P
-from policy_server.bind_policy import curve_keys
-from policy_server.echo import echo_contract
+from dreamvla_client import protocol as P
+from dreamvla_client.security import curve_keys
+from policy_server.serving.echo import echo_contract
 
 pk = msgpack.packb  # use_bin_type=True is msgpack-python's default: str -> str family, bytes -> bin family
 

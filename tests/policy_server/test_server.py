@@ -21,10 +21,8 @@ import pytest
 import zmq
 from serve_process import serving, spawned
 
-from policy_server.bind_policy import curve_keys, is_loopback, secure_client
-from policy_server.client import ContractMismatch, PolicyClient, PolicyTimeout, ServerError, SessionLost
-from policy_server.echo import EchoBackend, echo_contract
-from policy_server.protocol import (
+from dreamvla_client.client import ContractMismatch, PolicyClient, PolicyTimeout, ServerError, SessionLost
+from dreamvla_client.protocol import (
     CameraContract,
     Chunk,
     Error,
@@ -41,7 +39,9 @@ from policy_server.protocol import (
     decode,
     encode,
 )
-from policy_server.server import STAGES, PolicyServer
+from dreamvla_client.security import curve_keys, is_loopback, secure_client
+from policy_server.serving.echo import EchoBackend, echo_contract
+from policy_server.serving.server import STAGES, PolicyServer
 from robot.policy import RemotePolicy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -326,9 +326,9 @@ class RobotRun:
 def test_four_concurrent_clients_each_get_their_own_model_output(ckpt):
     import torch
 
-    from policy_server.backend import EngineBackend
-    from policy_server.engine import Observation as EngineObservation
-    from policy_server.engine import PolicyEngine
+    from policy_server.serving.backend import EngineBackend
+    from policy_server.serving.engine import Observation as EngineObservation
+    from policy_server.serving.engine import PolicyEngine
 
     steps = 100
     sizes = [(64, 64), (64, 64), (48, 80), (48, 80)]  # two resolutions: two engine batches per server batch
@@ -362,7 +362,7 @@ def test_four_concurrent_clients_each_get_their_own_model_output(ckpt):
 
 
 def test_echo_path_imports_no_torch():
-    code = ("import sys; import policy_server.cli.serve, policy_server.client, policy_server.server; "
+    code = ("import sys; import policy_server.cli.serve, dreamvla_client.client, policy_server.serving.server; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
                    env=os.environ | {"PYTHONPATH": str(REPO)})

@@ -32,9 +32,9 @@ from hypothesis import strategies as st
 from test_protocol import BAD_INPUTS, CANARY, REGRESSIONS, Bad, echoed_ids, infer_head, ping, pk
 from zmq.utils.monitor import recv_monitor_message
 
-from policy_server import protocol as P
-from policy_server.bind_policy import curve_keys, secure_client
-from policy_server.echo import echo_contract
+from dreamvla_client import protocol as P
+from dreamvla_client.security import curve_keys, secure_client
+from policy_server.serving.echo import echo_contract
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_LAYOUT = ["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"]
@@ -268,8 +268,8 @@ def test_unknown_session_after_reset_elsewhere_is_per_client(endpoint):
 
 def test_keyed_server_gives_an_authenticated_client_the_same_codes():
     """Behind a key (CURVE), a client holding it meets exactly the checks a loopback client meets."""
-    from policy_server.echo import EchoBackend
-    from policy_server.server import PolicyServer
+    from policy_server.serving.echo import EchoBackend
+    from policy_server.serving.server import PolicyServer
 
     key = b"k" * 32
     server = PolicyServer(EchoBackend(echo_contract()), "tcp://127.0.0.1:*", key=key)

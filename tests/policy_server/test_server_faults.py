@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 from serve_process import serving, spawned
 
-from policy_server.bind_policy import read_key_file
-from policy_server.client import PolicyClient, ServerError, SessionLost
-from policy_server.echo import EchoBackend, echo_contract
-from policy_server.protocol import CameraContract, Observation, RobotContract
+from dreamvla_client.client import PolicyClient, ServerError, SessionLost
+from dreamvla_client.protocol import CameraContract, Observation, RobotContract
+from dreamvla_client.security import read_key_file
+from policy_server.serving.echo import EchoBackend, echo_contract
 
 STATE_LAYOUT = ["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"]
 H, W = 48, 64
@@ -75,8 +75,8 @@ class PoisonedInput:
 
 def reference_chunks(ckpt: Path, seed: int, sent: list[tuple[dict[str, np.ndarray], np.ndarray]]) -> list[np.ndarray]:
     """What a session that only ever saw `sent` answers: the backend alone, no server, no bad input."""
-    from policy_server.backend import EngineBackend
-    from policy_server.engine import PolicyEngine
+    from policy_server.serving.backend import EngineBackend
+    from policy_server.serving.engine import PolicyEngine
 
     backend = EngineBackend(PolicyEngine.from_checkpoint(ckpt))
     session = backend.new_session("pick up the bottle", seed)
@@ -85,8 +85,8 @@ def reference_chunks(ckpt: Path, seed: int, sent: list[tuple[dict[str, np.ndarra
 
 @pytest.fixture(scope="module")
 def engine_backend(ckpt):
-    from policy_server.backend import EngineBackend
-    from policy_server.engine import PolicyEngine
+    from policy_server.serving.backend import EngineBackend
+    from policy_server.serving.engine import PolicyEngine
 
     return EngineBackend(PolicyEngine.from_checkpoint(ckpt))
 
@@ -380,7 +380,7 @@ def _median_round_trip_ms(frames: list[bytes], curve: bool, n: int = 300) -> flo
     """Median loopback round trip of `frames` to a bare ROUTER that answers 200 bytes, plain or CURVE."""
     import zmq
 
-    from policy_server.bind_policy import secure_client, secure_server
+    from dreamvla_client.security import secure_client, secure_server
 
     ctx = zmq.Context()
     router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
@@ -444,7 +444,7 @@ def test_a_reply_type_is_unknown_type_even_during_shutdown():
     while the server drains an in-flight infer after stop(), when hello gets shutting_down."""
     import zmq
 
-    from policy_server import protocol as P
+    from dreamvla_client import protocol as P
 
     (images, state), = observations(1, seed=9)
     with serving(EchoBackend(echo_contract(), delay_s=1.0)) as server:

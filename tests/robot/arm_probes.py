@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from robot.bench import TcpSampler
+from bench.robot import TcpSampler
 
 # Real renders, small enough for a loaded 2-core machine.
 SMALL_CAMERA = {"width": 64, "height": 48, "depth": False}

@@ -9,11 +9,11 @@ import threading
 import pytest
 from rich.console import Console
 
-from policy_server.echo import EchoBackend, echo_contract
-from policy_server.server import PolicyServer
+from policy_server.serving.echo import EchoBackend, echo_contract
+from policy_server.serving.server import PolicyServer
 
 pytest.importorskip("franky_sim")
-from robot.bench import print_tables, run_robot_bench  # noqa: E402
+from bench.robot import print_tables, run_robot_bench  # noqa: E402
 
 
 def test_robot_bench_smoke():

@@ -24,8 +24,8 @@ import pytest
 from arm_probes import SMALL_CAMERA, Sampler, SpyArm
 from serve_process import spawned
 
-from policy_server.echo import EchoBackend, echo_contract
-from policy_server.server import PolicyServer
+from policy_server.serving.echo import EchoBackend, echo_contract
+from policy_server.serving.server import PolicyServer
 from robot.arm import ArmError, ArmState, GripperState
 from robot.cameras import Frame
 from robot.estop import EStopListener, EStopMode, EStopState, StopReason

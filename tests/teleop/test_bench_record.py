@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policy_server.cli.bench import main
+from bench.cli import main
 
 
 def test_record_bench_smoke(capsys):

@@ -484,7 +484,7 @@ def test_too_little_free_space_refuses_the_episode_before_it_starts(tmp_path):
 
 def test_teleop_never_imports_torch():
     """DESIGN.md: the recorder runs on the robot PC, whose install (`.[robot]`) has no torch."""
-    code = ("import sys; import teleop.cli, teleop.guiding, teleop.replay, teleop.bench, teleop.devices.keyboard, "
+    code = ("import sys; import teleop.cli, teleop.guiding, teleop.replay, bench.recorder, teleop.devices.keyboard, "
             "teleop.devices.spacemouse, teleop.devices.sim_hand; assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE.parents[1], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
