@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from robot.video import count_video_frames
 from teleop.dataset import layout as L
 from teleop.dataset.stats import aggregate, close, vector_stats
-from teleop.dataset.writer import count_video_frames, load_manifests, publish, write_meta
+from teleop.dataset.writer import load_manifests, publish, write_meta
 
 
 @dataclass
