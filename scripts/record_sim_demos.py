@@ -14,40 +14,31 @@ evaluation uses seeds from 5000 up.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from robot.evaluation.seeds import TRAIN_SEED_LIMIT, dataset_seeds
+
 TASKS = ("pick_bottle", "pick_doll", "place_banana", "place_chili", "drawer_open", "drawer_close")
-TRAIN_SEED_LIMIT = 1000  # seeds below this are training data; dv-eval refuses them
-
-
-def recorded_seeds(dataset: Path) -> list[int]:
-    """Every sim seed the dataset's sessions kept, from `meta/dv_sessions/*.json`."""
-    seeds = []
-    for session in sorted((dataset / "meta" / "dv_sessions").glob("*.json")):
-        episodes = json.loads(session.read_text())["episodes"]
-        seeds += [int(e["seed"]) for e in episodes.values() if e.get("seed") is not None]
-    return seeds
 
 
 def record_task(task: str, dataset: Path, per_task: int, launch: Path) -> int:
     """Records until `dataset` holds `per_task` kept episodes; returns the number it holds."""
-    seeds = recorded_seeds(dataset)
+    seeds = dataset_seeds(dataset) if dataset.exists() else set()
     while len(seeds) < per_task:
         start = max(seeds, default=-1) + 1
         count = per_task - len(seeds)
         if start + count > TRAIN_SEED_LIMIT:
-            raise SystemExit(f"{task}: seeds {start}..{start + count - 1} would reach {TRAIN_SEED_LIMIT}, where "
-                             "evaluation seeds begin; the expert fails too often on this task")
+            raise SystemExit(f"{task}: seeds {start}..{start + count - 1} would reach {TRAIN_SEED_LIMIT}, the end of "
+                             "the training seeds; the expert fails too often on this task")
         dv_teleop = shutil.which("dv-teleop") or str(Path(sys.executable).with_name("dv-teleop"))
         cmd = [dv_teleop, "record", "--sim", "--launch", str(launch), "--task", task, "--device", "scripted",
                "--keep", "success", "--seed", str(start), "--episodes", str(count), "--root", str(dataset)]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-        seeds = recorded_seeds(dataset)
+        seeds = dataset_seeds(dataset) if dataset.exists() else set()
     return len(seeds)
 
 
