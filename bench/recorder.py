@@ -20,9 +20,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from dreamvla_client.conventions import ACTION_NAMES, STATE_LAYOUT
 from teleop.dataset import DatasetWriter
 from teleop.dataset.layout import CameraSpec, DatasetConfig
-from teleop.rows import ACTION_NAMES, STATE_NAMES
 
 CODECS = ("mp4v", "h264")
 
@@ -60,7 +60,7 @@ def bench_codec(codec: str, frames: list[tuple[np.ndarray, np.ndarray]], fps: in
     height, width = frames[0][1].shape
     cfg = DatasetConfig(fps=fps, cameras={c: CameraSpec(height=height, width=width, depth=True)
                                           for c in ("static", "wrist")},
-                        state_names=STATE_NAMES, action_names=ACTION_NAMES, video_codec=codec)
+                        state_names=list(STATE_LAYOUT), action_names=list(ACTION_NAMES), video_codec=codec)
     times = []
     with DatasetWriter(root, cfg) as writer:
         episode = writer.begin_episode("benchmark")

@@ -29,7 +29,8 @@ import numpy as np
 
 from dreamvla_client.client import PolicyClient
 from dreamvla_client.contract import STATE_RANGES
-from dreamvla_client.protocol import STATE_LAYOUT, CameraContract, RobotContract
+from dreamvla_client.conventions import STATE_LAYOUT
+from dreamvla_client.protocol import CameraContract, RobotContract
 
 CAMERAS = ("static", "wrist")
 IMAGE_SIZE = 224

@@ -25,6 +25,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from dreamvla_client.conventions import ACTION_DIM
 from dreamvla_client.protocol import (
     DEFAULT_LIMITS,
     REPLIES,
@@ -183,7 +184,7 @@ class PolicyClient:
             if exc.code == "not_hello":  # a restarted server: it knows neither us nor the session
                 self.hello()
             raise
-        expected = (self.contract.chunk_length, 7)
+        expected = (self.contract.chunk_length, ACTION_DIM)
         if chunk.actions.shape != expected or chunk.actions.dtype != np.float32:
             raise ServerError("bad_reply", f"chunk actions {chunk.actions.dtype} {chunk.actions.shape}; "
                                            f"expected float32 {expected}")

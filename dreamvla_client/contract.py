@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dreamvla_client.conventions import STATE_UNITS
 from dreamvla_client.protocol import Infer, ModelContract, ProtocolError, RobotContract
 
 # Physical range of each state entry the protocol knows (docs/conventions.md: metres and radians in the
@@ -22,7 +23,6 @@ STATE_RANGES: dict[str, tuple[float, float]] = {
     "yaw": (-3.1416, 3.1416),
     "gripper_open": (0.0, 1.0),
 }
-STATE_UNITS = {"x": "m", "y": "m", "z": "m", "roll": "rad", "pitch": "rad", "yaw": "rad", "gripper_open": ""}
 
 
 def physical_state_range(layout: list[str]) -> list[list[float]]:

@@ -21,10 +21,10 @@ import msgpack
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dreamvla_client.conventions import ACTION_CONVENTION, GRIPPER_CONVENTION
+
 PROTOCOL_VERSION = 1
 MAX_INT64 = 2**63  # seq, seed and capture stamps are ints in [0, 2**63)
-# The state vector's layout (docs/conventions.md): ee pose in the base frame, Euler xyz, gripper 1=open/0=closed.
-STATE_LAYOUT = ("x", "y", "z", "roll", "pitch", "yaw", "gripper_open")
 
 # Allow-listed array dtypes (wire name -> little-endian numpy dtype). Anything else is refused.
 DTYPES: dict[str, np.dtype] = {
@@ -96,8 +96,8 @@ class RobotContract(BaseModel):
     state_units: Literal["m_rad"] = "m_rad"
     control_rate_hz: Annotated[float, Field(gt=0, le=1000)]
     chunk_length: int
-    gripper: str = "1_open_0_closed"
-    action_convention: str = "delta_previous_target_euler_xyz"
+    gripper: str = GRIPPER_CONVENTION
+    action_convention: str = ACTION_CONVENTION
 
 
 Range = Annotated[list[float], Field(min_length=2, max_length=2)]  # [low, high], both included

@@ -18,7 +18,8 @@ from typing import Literal, Protocol, TypeVar
 import numpy as np
 
 from dreamvla_client.client import ContractMismatch, PolicyClient, PolicyTimeout, ServerError, SessionLost
-from dreamvla_client.protocol import STATE_LAYOUT, CameraContract, RobotContract
+from dreamvla_client.conventions import ACTION_DIM, STATE_LAYOUT
+from dreamvla_client.protocol import CameraContract, RobotContract
 from robot.execution import delta_between
 
 FailureKind = Literal["timeout", "session_lost", "server_error", "contract", "internal"]
@@ -190,7 +191,7 @@ class ScriptedPolicy:
         for _ in range(self._ticks.advance(observation.t_ns)):
             self._stepper.act(observation.T_measured)
         if self._stepper.done:
-            return PolicyChunk(np.zeros((0, 7)), done=True)
+            return PolicyChunk(np.zeros((0, ACTION_DIM)), done=True)
         ahead = copy.deepcopy(self._stepper)
         actions, T_prev = [], observation.T_commanded
         for _ in range(self._chunk_length):
@@ -209,8 +210,8 @@ class ReplayPolicy:
 
     def __init__(self, actions: np.ndarray, rate_hz: float, chunk_length: int = 3) -> None:
         actions = np.asarray(actions, dtype=np.float64)
-        if actions.ndim != 2 or actions.shape[1] != 7 or len(actions) == 0:
-            raise ValueError(f"replay actions must be a non-empty (N, 7) array, got shape {actions.shape}")
+        if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or len(actions) == 0:
+            raise ValueError(f"replay actions must be a non-empty (N, {ACTION_DIM}) array, got shape {actions.shape}")
         self._actions, self._rate_hz, self._chunk_length = actions, rate_hz, chunk_length
         self._index = 0
         self._ticks = _TickCounter(rate_hz)
@@ -222,10 +223,10 @@ class ReplayPolicy:
     def infer(self, observation: Observation) -> PolicyChunk | PolicyFailure:
         self._index += self._ticks.advance(observation.t_ns)
         if self._index >= len(self._actions):
-            return PolicyChunk(np.zeros((0, 7)), done=True)
+            return PolicyChunk(np.zeros((0, ACTION_DIM)), done=True)
         chunk = self._actions[self._index:self._index + self._chunk_length]
         if len(chunk) < self._chunk_length:  # the recording ends mid-chunk: hold still, gripper as last recorded
-            hold = np.zeros((self._chunk_length - len(chunk), 7))
+            hold = np.zeros((self._chunk_length - len(chunk), ACTION_DIM))
             hold[:, 6] = chunk[-1, 6]
             chunk = np.concatenate([chunk, hold])
         return PolicyChunk(chunk.copy())

@@ -19,13 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from dreamvla_client.conventions import ACTION_NAMES, STATE_LAYOUT
 from robot.execution import state_vector
 from robot.runner import TickRecord
 from teleop.dataset import CameraSpec, DatasetConfig
 
-POSE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw"]
-STATE_NAMES = [*POSE_NAMES, "gripper_open"]
-ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper_open"]
 JOINT_NAMES = [f"q{i}" for i in range(1, 8)]
 
 
@@ -35,10 +33,10 @@ def dataset_config(cameras: Mapping[str, tuple[int, int, bool]], fps: int, robot
     default: lerobot's dataset tools (delete_episodes, re-encoding) refuse OpenCV's mp4v."""
     names = list(cameras)
     return DatasetConfig(
-        fps=fps, robot_type="franka", state_names=STATE_NAMES, action_names=ACTION_NAMES,
+        fps=fps, robot_type="franka", state_names=list(STATE_LAYOUT), action_names=list(ACTION_NAMES),
         cameras={n: CameraSpec(height=h, width=w, depth=d) for n, (h, w, d) in cameras.items()},
         extra_features={
-            "action.target": STATE_NAMES,
+            "action.target": list(STATE_LAYOUT),
             "observation.joints": JOINT_NAMES,
             "observation.gripper": ["width_m", "grasped"],
             "observation.capture_s": ["tick", "state", "gripper", *names],

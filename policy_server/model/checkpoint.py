@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 
-from dreamvla_client.protocol import STATE_LAYOUT
+from dreamvla_client.conventions import STATE_LAYOUT
 from policy_server.model.config import ModelConfig
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import ClipTokenizer, Tokenizer, build_tokenizer

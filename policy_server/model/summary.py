@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dreamvla_client.protocol import STATE_LAYOUT
+from dreamvla_client.conventions import STATE_LAYOUT
 from policy_server.model.config import ModelConfig
 from policy_server.model.dreamvla import DreamVLA
 

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from dreamvla_client.contract import physical_state_range
-from dreamvla_client.protocol import STATE_LAYOUT, ModelContract, Observation
+from dreamvla_client.conventions import ACTION_CONVENTION, ACTION_DIM, GRIPPER_CONVENTION, STATE_LAYOUT
+from dreamvla_client.protocol import ModelContract, Observation
 
 
 class EchoBackend:
@@ -48,8 +49,8 @@ def echo_contract(image_size: int = 224) -> ModelContract:
     return ModelContract(
         cameras=["static", "wrist"], image_size=image_size,
         state_layout=list(STATE_LAYOUT), state_range=state_range,
-        chunk_length=chunk_length, action_dim=7, action_range=echo_action_range(state_range, chunk_length),
-        gripper="1_open_0_closed", action_convention="delta_previous_target_euler_xyz", sequence_length=1,
+        chunk_length=chunk_length, action_dim=ACTION_DIM, action_range=echo_action_range(state_range, chunk_length),
+        gripper=GRIPPER_CONVENTION, action_convention=ACTION_CONVENTION, sequence_length=1,
     )
 
 

@@ -537,7 +537,8 @@ def test_import_official_end_to_end(inputs):
 def served_mismatches(checkpoint: Path) -> dict[str, str]:
     """What the server's contract check says when our robot says `hello` to this checkpoint's backend."""
     from dreamvla_client.contract import contract_mismatches
-    from dreamvla_client.protocol import STATE_LAYOUT, CameraContract, RobotContract
+    from dreamvla_client.conventions import STATE_LAYOUT
+    from dreamvla_client.protocol import CameraContract, RobotContract
     from policy_server.serving.backend import EngineBackend
     from policy_server.serving.engine import PolicyEngine
 

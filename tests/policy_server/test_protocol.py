@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dreamvla_client import protocol as P
+from dreamvla_client.conventions import ACTION_CONVENTION, GRIPPER_CONVENTION, STATE_LAYOUT
 from dreamvla_client.security import curve_keys
 from policy_server.serving.echo import echo_contract
 
@@ -40,7 +41,7 @@ def robot_contract(**overrides) -> P.RobotContract:
     fields = dict(
         cameras=[P.CameraContract(name="static", height=224, width=224),
                  P.CameraContract(name="wrist", height=224, width=224)],
-        state_layout=["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"],
+        state_layout=list(STATE_LAYOUT),
         control_rate_hz=15.0, chunk_length=3,
     )
     return P.RobotContract(**{**fields, **overrides})
@@ -55,11 +56,11 @@ def sample_messages() -> list[P.Message]:
         P.Hello(client_id="robot-pc-1", contract=robot_contract()),
         P.HelloAck(model_id="dreamvla-tiny", checkpoint_hash="ab" * 32, normalization_hash="cd" * 32,
                    contract=P.ModelContract(cameras=["static", "wrist"], image_size=224,
-                                            state_layout=["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"],
+                                            state_layout=list(STATE_LAYOUT),
                                             state_range=[[-2, 2]] * 3 + [[-3.2, 3.2]] * 3 + [[0, 1]],
                                             chunk_length=3, action_dim=7, action_range=[[-1.5, 1.5]] * 7,
-                                            gripper="1_open_0_closed",
-                                            action_convention="delta_previous_target_euler_xyz",
+                                            gripper=GRIPPER_CONVENTION,
+                                            action_convention=ACTION_CONVENTION,
                                             sequence_length=3)),
         P.Reset(session="sess-1", episode_id="ep-0007", instruction="put the bottle in the basket"),
         P.Reset(session="sess-1", episode_id="ep-0008", instruction="", seed=2**63 - 1),

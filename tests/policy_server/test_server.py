@@ -22,6 +22,7 @@ import zmq
 from serve_process import serving, spawned
 
 from dreamvla_client.client import ContractMismatch, PolicyClient, PolicyTimeout, ServerError, SessionLost
+from dreamvla_client.conventions import STATE_LAYOUT
 from dreamvla_client.protocol import (
     CameraContract,
     Chunk,
@@ -45,14 +46,13 @@ from policy_server.serving.server import STAGES, PolicyServer
 from robot.policy import RemotePolicy
 
 REPO = Path(__file__).resolve().parents[2]
-STATE_LAYOUT = ["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"]
 DEADLINE_S = 0.2  # one chunk horizon: 3 steps at 15 Hz
 DETECTION_MARGIN_S = 0.1
 
 
 def robot_contract(height: int = 48, width: int = 64, **changes) -> RobotContract:
     fields = dict(cameras=[CameraContract(name=n, height=height, width=width) for n in ("static", "wrist")],
-                  state_layout=STATE_LAYOUT, control_rate_hz=15.0, chunk_length=3)
+                  state_layout=list(STATE_LAYOUT), control_rate_hz=15.0, chunk_length=3)
     return RobotContract(**(fields | changes))
 
 

@@ -33,11 +33,11 @@ from test_protocol import BAD_INPUTS, CANARY, REGRESSIONS, Bad, echoed_ids, infe
 from zmq.utils.monitor import recv_monitor_message
 
 from dreamvla_client import protocol as P
+from dreamvla_client.conventions import STATE_LAYOUT
 from dreamvla_client.security import curve_keys, secure_client
 from policy_server.serving.echo import echo_contract
 
 REPO = Path(__file__).resolve().parents[2]
-STATE_LAYOUT = ["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"]
 H, W = 48, 64  # what this test's robot declares; the server holds observations to it
 REPLY_TIMEOUT_MS = 5000  # generous: 2 shared cores; a healthy loopback reply takes about a millisecond
 
@@ -110,7 +110,7 @@ def connect(endpoint: str, key: bytes | None = None) -> Iterator[Conn]:
 
 def contract(**changes) -> P.RobotContract:
     fields = dict(cameras=[P.CameraContract(name=n, height=H, width=W) for n in ("static", "wrist")],
-                  state_layout=STATE_LAYOUT, control_rate_hz=15.0, chunk_length=3)
+                  state_layout=list(STATE_LAYOUT), control_rate_hz=15.0, chunk_length=3)
     return P.RobotContract(**(fields | changes))
 
 
@@ -230,7 +230,7 @@ SERVER_CHECKS = [
     ("hello_bgr", [], hello(cameras=[P.CameraContract(name="static", height=H, width=W, color_order="bgr"),
                                      P.CameraContract(name="wrist", height=H, width=W)]), "contract_mismatch"),
     ("hello_chunk_length", [], hello(chunk_length=4), "contract_mismatch"),
-    ("hello_state_layout_order", [], hello(state_layout=STATE_LAYOUT[::-1]), "contract_mismatch"),
+    ("hello_state_layout_order", [], hello(state_layout=list(STATE_LAYOUT[::-1])), "contract_mismatch"),
     ("hello_gripper", [], hello(gripper="0_open_1_closed"), "contract_mismatch"),
     ("hello_action_convention", [], hello(action_convention="absolute_base_quaternion"), "contract_mismatch"),
     ("reply_type_pong", [], P.encode(P.Pong(client_ts_ns=1, server_ts_ns=2, health="ok", load={})),
@@ -291,7 +291,7 @@ def test_contract_mismatch_carries_the_model_contract_and_the_fields(endpoint):
     bgr = [P.CameraContract(name="static", height=H, width=W, color_order="bgr"),
            P.CameraContract(name="wrist", height=H, width=W)]
     cases = [(["chunk_length"], hello(chunk_length=4)),
-             (["cameras.color_order", "state_layout"], hello(cameras=bgr, state_layout=STATE_LAYOUT[::-1])),
+             (["cameras.color_order", "state_layout"], hello(cameras=bgr, state_layout=list(STATE_LAYOUT[::-1]))),
              (["action_convention", "cameras", "gripper"],
               hello(cameras=[P.CameraContract(name="static", height=H, width=W)], gripper="0_open_1_closed",
                     action_convention="absolute"))]

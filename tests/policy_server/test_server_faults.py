@@ -26,11 +26,11 @@ import pytest
 from serve_process import serving, spawned
 
 from dreamvla_client.client import PolicyClient, ServerError, SessionLost
+from dreamvla_client.conventions import STATE_LAYOUT
 from dreamvla_client.protocol import CameraContract, Observation, RobotContract
 from dreamvla_client.security import read_key_file
 from policy_server.serving.echo import EchoBackend, echo_contract
 
-STATE_LAYOUT = ["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"]
 H, W = 48, 64
 STAMPS = {"state": 1, "static": 1, "wrist": 1}
 KEY = b"a-shared-key-of-32-bytes-0123456"
@@ -38,7 +38,7 @@ KEY = b"a-shared-key-of-32-bytes-0123456"
 
 def robot_contract() -> RobotContract:
     return RobotContract(cameras=[CameraContract(name=n, height=H, width=W) for n in ("static", "wrist")],
-                         state_layout=STATE_LAYOUT, control_rate_hz=15.0, chunk_length=3)
+                         state_layout=list(STATE_LAYOUT), control_rate_hz=15.0, chunk_length=3)
 
 
 def observations(count: int, seed: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
