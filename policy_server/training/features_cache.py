@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from dreamvla_client.conventions import ACTION_DIM, STATE_DIM
 from policy_server.model.config import ModelConfig
 from policy_server.training.features_source import (
     DatasetReadError,
@@ -107,8 +108,8 @@ def array_layout(spec: FeatureSpec, frames: int) -> dict[str, tuple[tuple[int, .
             "images": ((frames, r, r, 3), "uint8"),
             "depth": ((frames, r, r), "float16"),
             "tracks": ((frames, pts, 2), "float16"),
-            "state": ((frames, 7), "float32"),
-            "action": ((frames, 7), "float32"),
+            "state": ((frames, STATE_DIM), "float32"),
+            "action": ((frames, ACTION_DIM), "float32"),
         }.get(kind) or ((frames, spec.semantic_grid.get(kind, 0) ** 2, spec.semantic_dim.get(kind, 0)), "float16")
     return out
 
@@ -154,8 +155,8 @@ class FeatureCache:
     depth: dict[str, np.ndarray] | None  # (F, R, R) float16 metres, 0 = no data
     tracks: dict[str, np.ndarray] | None  # (F, (2*grid)**2, 2) float16 pixels of R, frame j -> j + gap
     semantics: dict[str, dict[str, np.ndarray]]  # teacher -> camera -> (F, N, C) float16
-    state: np.ndarray  # (F, 7) float32
-    action: np.ndarray  # (F, 7) float32
+    state: np.ndarray  # (F, STATE_DIM) float32, as recorded
+    action: np.ndarray  # (F, ACTION_DIM) float32, as recorded (robot units)
     seeds: list[int | None]
 
     @classmethod
@@ -170,7 +171,10 @@ class FeatureCache:
         manifest = read_json(folder / MANIFEST)
         assert manifest is not None
         spec = FeatureSpec.model_validate(manifest["spec"])
-        _check_current(dataset, manifest, cfg.name)
+        stale = dataset_change(dataset, manifest)
+        if stale is not None:
+            raise FeatureCacheError(f"stale feature cache {folder}: {stale}; run `dv-features {dataset} --config "
+                                    f"{cfg.name} --resume` to update it")
         frames = manifest["frames"]
         arrays = {}
         for name, (shape, dtype) in array_layout(spec, frames).items():
@@ -232,17 +236,16 @@ def _find(dataset: Path, want: FeatureSpec, flow: str | None, gap: int | None, c
     return done[0][0]
 
 
-def _check_current(dataset: Path, manifest: dict[str, Any], config: str) -> None:
-    """Refuse a cache whose dataset has changed since it was built, naming the first difference."""
-    rebuild = f"run `dv-features {dataset} --config {config} --resume` to update it"
+def dataset_change(dataset: Path, manifest: dict[str, Any]) -> str | None:
+    """How the dataset differs from the one the manifest's arrays came from (None: it does not)."""
     try:
         now = read_dataset(dataset)
     except DatasetReadError as exc:
-        raise FeatureCacheError(f"the feature cache's dataset cannot be read: {exc}") from exc
+        return f"the dataset cannot be read: {exc}"
     if len(now.episodes) != len(manifest["episodes"]):
-        raise FeatureCacheError(f"stale feature cache: {dataset} has {len(now.episodes)} episodes, the cache was "
-                                f"built from {len(manifest['episodes'])}; {rebuild}")
+        return f"{dataset} has {len(now.episodes)} episodes, the cache was built from {len(manifest['episodes'])}"
     for rec, ep in zip(manifest["episodes"], now.episodes, strict=True):
         why = episode_staleness(dataset, rec, ep)
         if why is not None:
-            raise FeatureCacheError(f"stale feature cache: {why} since it was built; {rebuild}")
+            return f"{why} since the cache was built"
+    return None

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
+from dreamvla_client.conventions import ACTION_DIM, STATE_DIM
 from teleop.dataset import layout as L
 
 # Where dv-teleop notes each session's sim seeds (teleop.cli.SESSIONS_DIR; read here without importing the recorder).
@@ -135,13 +136,13 @@ def signature_change(path: Path, recorded: dict[str, Any]) -> str | None:
 
 
 def read_vectors(root: Path, episode: EpisodeSource) -> tuple[np.ndarray, np.ndarray]:
-    """(state (n, 7), action (n, 7)) float32, as recorded."""
+    """(state (n, STATE_DIM), action (n, ACTION_DIM)) float32, as recorded."""
     table = pq.read_table(root / episode.files["data"], columns=["observation.state", "action"])
     out = tuple(np.stack(table.column(k).to_numpy(zero_copy_only=False)).astype(np.float32)
                 for k in ("observation.state", "action"))
-    for k, arr in zip(("observation.state", "action"), out, strict=True):
-        if arr.shape != (episode.length, 7):
-            raise DatasetReadError(f"{episode.files['data']}: {k} is {arr.shape}, expected ({episode.length}, 7)")
+    for k, arr, dim in zip(("observation.state", "action"), out, (STATE_DIM, ACTION_DIM), strict=True):
+        if arr.shape != (episode.length, dim):
+            raise DatasetReadError(f"{episode.files['data']}: {k} is {arr.shape}, expected ({episode.length}, {dim})")
     return out  # type: ignore[return-value]
 
 

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dreamvla_client.conventions import ACTION_NAMES, STATE_DIM, STATE_LAYOUT
 from teleop.dataset import CameraSpec, DatasetConfig, DatasetWriter
 from teleop.dataset import layout as L
 
-STATE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"]
-ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper_open"]
 # (episode, frame, camera) -> (rgb HxWx3 uint8, depth HxW uint16 mm)
 FrameFn = Callable[[int, int, str], tuple[np.ndarray, np.ndarray]]
 
@@ -36,14 +35,14 @@ def write_dataset(root: Path, lengths: Sequence[int], frame: FrameFn = textured_
     state/action of row i of episode e are i + 100*e in every component, so a reader's row order is checkable."""
     h, w = size
     cfg = DatasetConfig(fps=15, cameras={c: CameraSpec(height=h, width=w, depth=True) for c in cameras},
-                        state_names=STATE_NAMES, action_names=ACTION_NAMES, video_codec="h264")
+                        state_names=list(STATE_LAYOUT), action_names=list(ACTION_NAMES), video_codec="h264")
     with DatasetWriter(root, cfg) as writer:
         for ep, n in enumerate(lengths):
             task = instructions[ep] if instructions else "pick up the bottle"
             with writer.episode(task) as episode:
                 for i in range(n):
                     pics = {c: frame(ep, i, c) for c in cameras}
-                    v = np.full(7, i + 100 * ep, np.float32)
+                    v = np.full(STATE_DIM, i + 100 * ep, np.float32)
                     episode.add_frame(v, -v, images={c: p[0] for c, p in pics.items()},
                                       depth={c: p[1] for c, p in pics.items()})
     if seeds is not None:
