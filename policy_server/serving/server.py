@@ -29,6 +29,7 @@ import numpy as np
 import zmq
 
 from dreamvla_client.contract import ObservationCheck, OutputCheck, contract_mismatches
+from dreamvla_client.latency import LatencyStats
 from dreamvla_client.protocol import (
     DEFAULT_LIMITS,
     REQUESTS,
@@ -52,7 +53,7 @@ from dreamvla_client.protocol import (
     encode,
 )
 from dreamvla_client.security import check_bind_policy, secure_server, start_authenticator
-from policy_server.serving.tables import ExpiringMap, LatencyStats
+from policy_server.serving.tables import ExpiringMap
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,13 @@ class Backend(Protocol):
 
 
 # ------------------------------------------------------------------------------------- tables
+
+
+def wire_stages(latency: LatencyStats) -> dict[str, dict[str, float]]:
+    """`stats_reply.stages_ms`: per stage p50, p95, p99 and the count of chunks, floats (docs/protocol.md)."""
+    return {stage: {"p50": s["p50"], "p95": s["p95"], "p99": s["p99"], "count": float(s["n"])}
+            for stage, s in latency.summary().items()}
+
 
 @dataclass
 class _Peer:
@@ -423,7 +431,7 @@ class PolicyServer:
             self._peers.get(identity, time.monotonic())  # any traffic keeps a connection's hello alive
             return self._pong(request)
         if isinstance(request, StatsRequest):
-            return Stats(stages_ms=self._latency.summary(), counters=dict(self._counters))
+            return Stats(stages_ms=wire_stages(self._latency), counters=dict(self._counters))
         if self._stopping.is_set():
             raise ProtocolError("shutting_down", "the server is shutting down; reconnect to another or retry later")
         if isinstance(request, Hello):
@@ -534,7 +542,7 @@ class PolicyServer:
         encode(chunk)
         chunk.timing_ms["send"] = (time.perf_counter() - start) * 1e3  # the model holds its own copy
         self._send(job.identity, chunk)
-        self._latency.add(chunk.timing_ms)
+        self._latency.add_timing(chunk.timing_ms)
 
     def _send_error(self, identity: bytes, exc: ProtocolError, request: Message | None = None) -> None:
         """The `error` reply echoes the request's seq and session: from the request when it decoded, else

@@ -1,13 +1,9 @@
-"""Bounded server-side tables: sessions with a TTL and a cap, and latency percentiles per stage."""
+"""Bounded server-side tables: sessions and peers with a TTL and a cap."""
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Generic, TypeVar
-
-import numpy as np
-
-STATS_WINDOW = 4096  # latency samples kept per stage for the percentiles
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -56,21 +52,3 @@ class ExpiringMap(Generic[K, V]):
 
     def used_since(self, since: float) -> int:
         return sum(1 for t, _ in self._items.values() if t >= since)
-
-
-class LatencyStats:
-    """Per-stage latencies over the last STATS_WINDOW replies, for p50/p95/p99 in bounded memory."""
-
-    def __init__(self) -> None:
-        self._samples: dict[str, deque[float]] = {}
-
-    def add(self, timing_ms: dict[str, float]) -> None:
-        for stage, ms in timing_ms.items():
-            self._samples.setdefault(stage, deque(maxlen=STATS_WINDOW)).append(ms)
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for stage, samples in self._samples.items():
-            p50, p95, p99 = np.percentile(np.fromiter(samples, float), [50, 95, 99])
-            out[stage] = {"p50": float(p50), "p95": float(p95), "p99": float(p99), "count": float(len(samples))}
-        return out

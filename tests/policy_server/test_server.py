@@ -23,6 +23,7 @@ from serve_process import serving, spawned
 
 from dreamvla_client.client import ContractMismatch, PolicyClient, PolicyTimeout, ServerError, SessionLost
 from dreamvla_client.conventions import STATE_LAYOUT
+from dreamvla_client.latency import LatencyStats
 from dreamvla_client.protocol import (
     CameraContract,
     Chunk,
@@ -36,13 +37,14 @@ from dreamvla_client.protocol import (
     Pong,
     Reset,
     RobotContract,
+    Stats,
     StatsRequest,
     decode,
     encode,
 )
 from dreamvla_client.security import curve_keys, is_loopback, secure_client
 from policy_server.serving.echo import EchoBackend, echo_contract
-from policy_server.serving.server import STAGES, PolicyServer
+from policy_server.serving.server import STAGES, PolicyServer, wire_stages
 from robot.policy import RemotePolicy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,6 +153,20 @@ def test_round_trip_echo(batching):
         assert stats.counters["requests"] >= 8 and stats.counters.get("errors", 0) == 0
         assert client.counters["discarded"] == 0
 
+
+
+def test_stats_reply_counts_every_chunk_in_bounded_memory():
+    """`stats_reply.stages_ms` is the protocol's {p50, p95, p99, count} per stage (floats) from the one latency
+    type the robot uses too: the count stays exact past the sample it keeps, and the reply passes the schema."""
+    latency = LatencyStats(reservoir_size=64)
+    for i in range(1000):
+        latency.add_timing({"decode": float(i), "queue": 2.0 * i})
+    stages = wire_stages(latency)
+    assert latency.kept() == 2 * 64
+    assert {k: sorted(v) for k, v in stages.items()} == {s: ["count", "p50", "p95", "p99"] for s in ("decode", "queue")}
+    assert stages["decode"]["count"] == 1000.0 and all(type(x) is float for v in stages.values() for x in v.values())
+    assert 0 <= stages["decode"]["p50"] <= stages["decode"]["p95"] <= stages["decode"]["p99"] <= 999
+    assert decode(encode(Stats(stages_ms=stages, counters={}))).stages_ms == stages
 
 def test_observation_held_to_declared_contract(echo_server):
     contract, rng = robot_contract(), np.random.default_rng(1)
