@@ -5,7 +5,8 @@ The sections reuse the drivers' and the runner's own config classes (`ArmConfig`
 `SafetyConfig`, `RunnerConfig`), so a field has one definition and one set of limits. `load_launch_config`
 turns every problem into a line naming the file and the field, e.g.
 `launch/sim.yaml: safety.max_speed_mps: Input should be greater than 0`. The YAML files live in `launch/`
-(data only); relative paths inside them are relative to the working directory, like every `dv-*` argument.
+(data only) and ship as package data: `load_launch_config("sim")` works from a wheel (`robot.launch.files`);
+relative paths inside them are relative to the working directory, like every `dv-*` argument.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from dreamvla_client.security import MIN_KEY_BYTES, is_loopback, read_key_file
 from robot.arm import ArmConfig
 from robot.cameras import CameraConfig, camera_config_from_dict
 from robot.estop.wire import HEARTBEAT_ENDPOINT, HEARTBEAT_TIMEOUT_S, STATUS_ENDPOINT
+from robot.launch.files import DEFAULT_LAUNCH_FILE as DEFAULT_LAUNCH_FILE  # re-exported: the CLIs' --sim default
+from robot.launch.files import LaunchFileError, resolve_launch_file
 from robot.runner.config import RunnerConfig
 from robot.safety import SafetyConfig
 from robot.sim.tasks import TASKS
 
-DEFAULT_LAUNCH_FILE = Path(__file__).resolve().parents[2] / "launch" / "sim.yaml"
 CAMERA_ROLES = ("static", "wrist")
 QUATERNION_NORM_TOL = 1e-3  # docs/safety.md, A2: |‖q‖ − 1| < 1e-3
 
@@ -355,9 +357,16 @@ def parse_launch_config(data: Any, source: str | Path) -> LaunchConfig:
 
 
 def load_launch_config(path: str | Path) -> LaunchConfig:
-    """Read and validate a launch file; raises `LaunchConfigError` naming the file and every bad field."""
+    """Read and validate the launch file `path` means (`resolve_launch_file`: a path as given, else a packaged
+    name such as `sim`); raises `LaunchConfigError` naming the file and every bad field."""
     try:
-        text = Path(path).read_text()
+        found = resolve_launch_file(path)
+    except LaunchFileError as exc:
+        raise LaunchConfigError(path, [exc.problem]) from None
+    if found != Path(path):
+        path = found  # a packaged file: errors name the file that was read
+    try:
+        text = found.read_text()
     except OSError as exc:
         raise LaunchConfigError(path, [f"cannot read: {exc.strerror}"]) from None
     try:

@@ -27,6 +27,7 @@ from rich.text import Text
 
 from robot.cli import announce_overrides
 from robot.launch.config import LaunchConfig, LaunchConfigError, load_launch_config
+from robot.launch.files import packaged_launch_files, resolve_launch_file
 from robot.launch.process import ProcessSpec, Supervised
 
 console = Console(stderr=True, soft_wrap=True)  # never wrap paths: logs and tests grep them
@@ -215,7 +216,8 @@ class Supervisor:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dv-launch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("launch_file", type=Path, help="e.g. launch/sim.yaml")
+    p.add_argument("launch_file", type=Path, help="a launch YAML, or the name of a packaged one ("
+                   f"{', '.join(packaged_launch_files())}); e.g. launch/sim.yaml or sim")
     p.add_argument("--task", help="one of the file's tasks (default: its first)")
     p.add_argument("--episodes", type=int, help="default: the file's `episodes`")
     p.add_argument("--dry-run", action="store_true", help="validate the file, print the commands, start nothing")
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes is not None and args.episodes < 1:
         parser.error("--episodes must be >= 1")
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    p = plan(cfg, args.launch_file, task, args.episodes or cfg.episodes, interactive)
+    # The runner reads the very file this process validated, wherever the name resolved (a packaged file, say).
+    p = plan(cfg, resolve_launch_file(args.launch_file), task, args.episodes or cfg.episodes, interactive)
     if args.dry_run:
         announce_overrides(console, cfg.overrides)
         for spec in (p.create_checkpoint, p.server, p.estop, p.runner):
