@@ -56,3 +56,8 @@ def fake_cache(cfg: ModelConfig, lengths: list[int], *, instruction: str = "push
         tracks={c: rng.normal(size=(frames, p, 2)).astype(np.float16) for c in cfg.cameras} if tracks else None,
         state=state, action=action, seeds=list(range(len(lengths))),
     )
+
+
+def fake_caches(cfg: ModelConfig) -> list[FakeCache]:
+    """Two small tasks (the trainer's tests and their subprocesses build the same ones)."""
+    return [fake_cache(cfg, [10] * 4, seed=0), fake_cache(cfg, [9] * 3, instruction="pull the square", seed=1)]
