@@ -215,12 +215,12 @@ def _find(dataset: Path, want: FeatureSpec, flow: str | None, gap: int | None, c
             nearest = nearest or (folder, spec_json if isinstance(spec_json, dict) else {})
             continue
         if have.model_part() != want.model_part() or (flow and have.tracks != flow) or (gap and have.gap != gap):
-            nearest = nearest or (folder, have.model_dump())
+            nearest = nearest or (folder, have.model_dump(mode="json"))
             continue
         fits.append((folder, have))
     if not fits:
         folder, have = nearest  # type: ignore[misc]
-        wanted = want.model_dump() | ({"tracks": flow} if flow else {}) | ({"gap": gap} if gap else {})
+        wanted = want.model_dump(mode="json") | ({"tracks": flow} if flow else {}) | ({"gap": gap} if gap else {})
         raise FeatureCacheError(f"no feature cache in {root} fits config {config!r} (the nearest, {folder.name}, "
                                 f"was built for another config: {spec_diff(have, wanted)}): run {rebuild}")
     done = [(f, s) for f, s in fits if (f / MANIFEST).is_file()]

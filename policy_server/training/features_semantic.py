@@ -90,9 +90,9 @@ class SamTeacher:
 
 
 def load_teacher(name: str) -> SemanticTeacher:
+    folder = teacher_dir(name)  # first: a missing teacher is reported without importing transformers' models
     from transformers import Dinov2Model, SamModel
 
-    folder = teacher_dir(name)
     cls = {"sam": SamModel, "dino": Dinov2Model}[name]
     try:
         model = cls.from_pretrained(str(folder), local_files_only=True).eval()

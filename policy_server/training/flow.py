@@ -25,7 +25,7 @@ COTRACKER_URL = "https://huggingface.co/facebook/cotracker3/resolve/main/scaled_
 # Where local teacher weights are looked for (no download at run time): $DV_WEIGHTS_DIR, then this folder.
 WEIGHTS_DIR = Path("~/.cache/dreamvla/weights")
 DIS_MIN_SIZE = 128  # px the dense flow runs at, at least (see dis_tracks)
-STILL_GREY_LEVELS = 1.0  # a lattice cell changing less than this (mean |difference|, 0-255 grey) did not move
+EVIDENCE_GREY_LEVELS = 2.0  # how much of a cell's change (mean |difference|, 0-255 grey) its flow must explain
 
 
 class MissingTeacherError(FileNotFoundError):
@@ -53,12 +53,16 @@ def lattice_centres(size: int, grid: int) -> np.ndarray:
 def dis_tracks(images: np.ndarray, gap: int, grid: int) -> np.ndarray:
     """(n, R, R, 3) uint8 RGB -> (n, (2*grid)^2, 2) float32 displacements from frame j to j + gap.
 
-    Two choices measured on sim recordings (64 px, threshold 0.29 px):
+    Two choices, measured on sim recordings and on synthetic h264 clips (64 px, threshold 0.29 px):
     - The flow runs on frames upsampled to at least `DIS_MIN_SIZE` px: DIS's smallest patches (8 px) span an
       eighth of a 64-px image, and its motion boundaries bled a cell further.
-    - A cell whose pixels did not change (mean |grey difference| below `STILL_GREY_LEVELS`) keeps a zero
-      displacement: there DIS's value is extrapolated from its neighbours (an untextured floor next to the arm
-      read 0.2-0.4 px, an image corner 3.8 px), whereas a tracker reports a still point as still.
+    - A cell keeps its flow only where the flow explains the change: warping frame j + gap back by it must
+      lower the cell's mean |grey difference| to frame j by `EVIDENCE_GREY_LEVELS` or more. Elsewhere the
+      displacement is 0. DIS extrapolates flow into still or untextured cells from their neighbours: an
+      untextured floor next to the arm read 0.2-0.4 px, an image corner 3.8 px, cells beside a moving edge
+      1-2 px, and h264 noise on a still background 0.1-0.5 px, all above the threshold. A tracker reports a
+      still point as still, and so does this rule: there, zero flow matches the next frame as well as DIS's
+      flow does.
     """
     n, size = images.shape[0], images.shape[1]
     c, points = _cell(size, grid), 2 * grid
@@ -70,13 +74,17 @@ def dis_tracks(images: np.ndarray, gap: int, grid: int) -> np.ndarray:
     gray = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in images]
     big = [cv2.resize(g, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC) if up > 1 else g for g in gray]
     cells = lambda x: x.reshape(points, c, points, c, *x.shape[2:]).mean(axis=(1, 3))  # noqa: E731
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     for j in range(n - gap):
         flow = dis.calc(big[j], big[j + gap], None)  # (uR, uR, 2): (dx, dy) per pixel, in upsampled pixels
         if up > 1:
             flow = cv2.resize(flow, (size, size), interpolation=cv2.INTER_AREA) / up
-        still = cells(np.abs(gray[j + gap].astype(np.float32) - gray[j])) < STILL_GREY_LEVELS  # (2g, 2g)
+        now, later = gray[j].astype(np.float32), gray[j + gap].astype(np.float32)
+        warped = cv2.remap(later, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        explained = cells(np.abs(later - now)) - cells(np.abs(warped - now))  # (2g, 2g) grey levels
         cell_flow = cells(flow)  # (2g, 2g, 2)
-        cell_flow[still] = 0.0
+        cell_flow[explained < EVIDENCE_GREY_LEVELS] = 0.0
         out[j] = cell_flow.reshape(-1, 2)
     return out
 
