@@ -14,6 +14,7 @@ and `--resume` continues without recomputing the episodes already committed.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from policy_server.training.features_source import (
 from policy_server.training.flow import CoTracker, cotracker_weights, dis_tracks
 from teleop.dataset import layout as L
 
+log = logging.getLogger(__name__)
 PREPROCESS_BATCH = 64  # frames resized at once (bounds the float copy of a 640x480 episode)
 # advance(frames done, what happened to the episode: "computed" | "resumed" | "reused" | "finalised")
 Progress = Callable[[int, str], None]
@@ -267,7 +269,9 @@ def build(dataset: Path, spec: FeatureSpec, *, resume: bool = False, progress: P
         advance(source.total_frames, "up to date")
         return cache_root(dataset) / spec.dirname
     teachers = teachers or load_for(spec)
-    folder, _ = prepare_folder(dataset, spec, resume)
+    folder, discarded = prepare_folder(dataset, spec, resume)
+    if discarded:
+        log.warning("%s: discarded %d episodes an earlier run finished (pass --resume to keep them)", folder, discarded)
     records = []
     for ep in source.episodes:
         if resume and chunk_is_current(folder, dataset, ep, spec):

@@ -29,6 +29,7 @@ from policy_server.training.features_source import (
     read_dataset,
     signature_change,
 )
+from policy_server.training.flow import tracker_settings
 
 # Bump when what a cache holds changes meaning (an algorithm or a unit): every older cache is then refused.
 FEATURES_VERSION = 1
@@ -55,6 +56,7 @@ class FeatureSpec(BaseModel):
     grid: int  # patches per side; the track lattice has 2*grid points per side
     tracks: FlowMethod | None  # None: the config has no dynamic-region head
     gap: int  # tracks measure motion from frame j to j + gap
+    tracker: dict[str, int | float | str]  # the tracker's settings (flow.tracker_settings)
     depth: bool
     semantics: tuple[str, ...]  # teachers of the config's semantic heads ("sam", "dino")
     semantic_grid: dict[str, int]  # teacher -> tokens per side
@@ -71,7 +73,7 @@ class FeatureSpec(BaseModel):
 
     def model_part(self) -> dict[str, Any]:
         """What the model config alone decides (the flow method and gap are the user's choice)."""
-        return self.model_dump(exclude={"tracks", "gap"}) | {"tracks": self.tracks is not None}
+        return self.model_dump(exclude={"tracks", "gap", "tracker"}) | {"tracks": self.tracks is not None}
 
 
 def feature_spec(cfg: ModelConfig, flow: FlowMethod = "dis", gap: int | None = None) -> FeatureSpec:
@@ -82,6 +84,7 @@ def feature_spec(cfg: ModelConfig, flow: FlowMethod = "dis", gap: int | None = N
     return FeatureSpec(
         cameras=cfg.cameras, image_size=cfg.vision.image_size, grid=cfg.vision.grid,
         tracks=flow if "dynamic" in cfg.dream else None, gap=cfg.future_steps if gap is None else gap,
+        tracker=tracker_settings(flow if "dynamic" in cfg.dream else None),
         depth="depth" in cfg.dream, semantics=sem,
         semantic_grid={m: {"sam": d.sam_grid, "dino": d.dino_grid}[m] for m in sem},
         semantic_dim={m: {"sam": d.sam_dim, "dino": d.dino_dim}[m] for m in sem},
@@ -214,13 +217,15 @@ def _find(dataset: Path, want: FeatureSpec, flow: str | None, gap: int | None, c
         except ValueError:
             nearest = nearest or (folder, spec_json if isinstance(spec_json, dict) else {})
             continue
-        if have.model_part() != want.model_part() or (flow and have.tracks != flow) or (gap and have.gap != gap):
+        if (have.model_part() != want.model_part() or have.tracker != tracker_settings(have.tracks)
+                or (flow and have.tracks != flow) or (gap and have.gap != gap)):
             nearest = nearest or (folder, have.model_dump(mode="json"))
             continue
         fits.append((folder, have))
     if not fits:
         folder, have = nearest  # type: ignore[misc]
         wanted = want.model_dump(mode="json") | ({"tracks": flow} if flow else {}) | ({"gap": gap} if gap else {})
+        wanted["tracker"] = tracker_settings(have.get("tracks"))
         raise FeatureCacheError(f"no feature cache in {root} fits config {config!r} (the nearest, {folder.name}, "
                                 f"was built for another config: {spec_diff(have, wanted)}): run {rebuild}")
     done = [(f, s) for f, s in fits if (f / MANIFEST).is_file()]

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from policy_server.model.config import PRESETS, preset
 from policy_server.training.features import FeatureBuildError, build, load_for
-from policy_server.training.features_cache import FeatureCacheError, FeatureSpec, feature_spec
+from policy_server.training.features_cache import CACHE_DIR, FeatureCacheError, FeatureSpec, feature_spec
 from policy_server.training.features_source import DatasetReadError, read_dataset
 from policy_server.training.flow import MissingTeacherError
 from teleop.dataset import layout as L
@@ -61,8 +61,8 @@ def _folder_size(folder: Path) -> int:
 def run(datasets: list[Path], spec: FeatureSpec, resume: bool) -> Table:
     """Build every dataset's cache with one progress bar per dataset; the summary table of what was done."""
     teachers = load_for(spec)  # before any work: a missing teacher fails now, not after an hour
-    table = Table("dataset", "episodes", "computed", "resumed/reused", "frames", "cache", "size",
-                  title=f"dv-features ({spec.dirname})")
+    table = Table("dataset", "episodes", "computed", "kept", "frames", "size",
+                  title=f"dv-features: DATASET/{CACHE_DIR}/{spec.dirname}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
                TextColumn("{task.fields[episodes]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -82,7 +82,7 @@ def run(datasets: list[Path], spec: FeatureSpec, resume: bool) -> Table:
             kept = counts["resumed"] + counts["reused"]
             status = "up to date" if counts["up to date"] else str(counts["computed"])
             table.add_row(str(dataset), str(len(source.episodes)), status, str(kept), str(source.total_frames),
-                          str(folder.relative_to(dataset)), f"{_folder_size(folder) / 1e6:.1f} MB")
+                          f"{_folder_size(folder) / 1e6:.1f} MB")
     return table
 
 

@@ -56,7 +56,7 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 def _batches(images: np.ndarray) -> list[torch.Tensor]:
     """(n, R, R, 3) uint8 -> float (b, 3, R, R) in [0, 1], in batches."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a copy: the images may be a read-only memmap
     return [x[i : i + BATCH].float() / 255 for i in range(0, len(x), BATCH)]
 
 

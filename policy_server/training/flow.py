@@ -32,6 +32,15 @@ class MissingTeacherError(FileNotFoundError):
     """A teacher's weights (or package) are not on this machine; the message names what to install."""
 
 
+def tracker_settings(method: str | None) -> dict[str, int | float | str]:
+    """The settings a tracker's output depends on; a cache records them, so retuning one invalidates it."""
+    if method == "dis":
+        return {"preset": "medium", "min_size_px": DIS_MIN_SIZE, "evidence_grey_levels": EVIDENCE_GREY_LEVELS}
+    if method == "cotracker":
+        return {"weights": COTRACKER_FILE, "clip": "pairs"}
+    return {}
+
+
 def weights_dir() -> Path:
     return Path(os.environ.get("DV_WEIGHTS_DIR", str(WEIGHTS_DIR))).expanduser()
 

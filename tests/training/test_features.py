@@ -298,3 +298,31 @@ def test_missing_teachers_name_the_download(dataset_factory, tmp_path, monkeypat
     err = capsys.readouterr().err.replace("\n", "")
     assert "facebook/sam-vit-base" in err and "huggingface-cli download" in err
     assert not cache_root(root).exists(), "nothing is written before every teacher is found"
+
+
+def test_semantic_teacher_from_a_local_folder(dataset_factory, tmp_path, monkeypatch):
+    """A DINOv2 folder under $DV_WEIGHTS_DIR (a small random one: the real one is not on this machine) is found
+    and run on the cached images, and a teacher whose tokens do not fit the config's head is refused."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from policy_server.model.config import DecoderConfig
+    from policy_server.training.features_semantic import load_teacher
+    from policy_server.training.flow import MissingTeacherError
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             patch_size=14, image_size=224)).save_pretrained(tmp_path / "weights" / "dinov2-base")
+    monkeypatch.setenv("DV_WEIGHTS_DIR", str(tmp_path / "weights"))
+    cfg = TINY.model_copy(update={"dream": ("dynamic", "depth", "dino"),
+                                  "decoder": DecoderConfig(**(TINY.decoder.model_dump() | {"dino_dim": 32,
+                                                                                          "dino_grid": 16}))})
+    root = dataset_factory([3])
+    build(root, feature_spec(cfg))
+    cache = FeatureCache.open(root, cfg)
+    feats = cache.semantics["dino"]["wrist"]
+    assert feats.shape == (3, 256, 32) and feats.dtype == np.float16
+    direct = load_teacher("dino").features(np.asarray(cache.images["wrist"]))
+    np.testing.assert_allclose(feats.astype(np.float32), direct, atol=1e-2)
+    narrow = cfg.model_copy(update={"decoder": cfg.decoder.model_copy(update={"dino_dim": 16})})
+    with pytest.raises(MissingTeacherError, match=r"gives \(256, 32\).*predicts \(256, 16\)"):
+        build(root, feature_spec(narrow))
