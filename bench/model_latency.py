@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from dreamvla_client.protocol import WireObservation
 from policy_server.model.config import ModelConfig
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.knowledge import build_decoders
 from policy_server.model.text import ByteTokenizer, Tokenizer, build_tokenizer
-from policy_server.serving.engine import EpisodeHistory, Observation, PolicyEngine, Precision
+from policy_server.serving.engine import EpisodeHistory, PolicyEngine, Precision
 
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 RECOMPUTE, CACHED, DECODERS = "recompute", "cached", "cached+decoders"
@@ -82,17 +83,17 @@ def bench_tokenizer(cfg: ModelConfig) -> tuple[Tokenizer, str]:
     return ByteTokenizer(cfg.text.context_length), note
 
 
-def synthetic_window(cfg: ModelConfig, seed: int) -> list[Observation]:
+def synthetic_window(cfg: ModelConfig, seed: int) -> list[WireObservation]:
     """A full window of random camera frames (uint8, D415 size) and 7-D states."""
     rng = np.random.default_rng(seed)
     return [
-        Observation({c: rng.integers(0, 256, CAMERA_SHAPE, dtype=np.uint8) for c in cfg.cameras},
-                    np.r_[rng.normal(size=6), 1.0].astype(np.float32))
+        WireObservation(images={c: rng.integers(0, 256, CAMERA_SHAPE, dtype=np.uint8) for c in cfg.cameras},
+                        state=np.r_[rng.normal(size=6), 1.0].astype(np.float32))
         for _ in range(cfg.sequence_length)
     ]
 
 
-def step_with_decoders(engine: PolicyEngine, decoders: nn.ModuleDict, history: EpisodeHistory, obs: Observation,
+def step_with_decoders(engine: PolicyEngine, decoders: nn.ModuleDict, history: EpisodeHistory, obs: WireObservation,
                        noise: torch.Tensor) -> np.ndarray:
     """`engine.step` plus every knowledge decoder on the newest timestep's <dream> outputs of both views.
 
@@ -110,7 +111,7 @@ def step_with_decoders(engine: PolicyEngine, decoders: nn.ModuleDict, history: E
     return actions[0].float().cpu().numpy()
 
 
-def _full_history(engine: PolicyEngine, window: list[Observation]) -> EpisodeHistory:
+def _full_history(engine: PolicyEngine, window: list[WireObservation]) -> EpisodeHistory:
     """An episode whose cache already holds a full window, so every timed step is a steady-state one."""
     history = engine.start_episode(INSTRUCTION)
     history.frames.extend(engine.encode(window))  # one encoder pass; the deque keeps the newest S

@@ -44,7 +44,7 @@ from rich.table import Table
 from bench import openpi_env
 from bench.serve_worker import CAMERAS, IMAGE_SIZE, INSTRUCTION, payload, robot_contract, timed
 from dreamvla_client.client import PolicyClient
-from dreamvla_client.protocol import Chunk, Observation
+from dreamvla_client.protocol import Chunk, WireObservation
 from policy_server.serving.server import Backend, PolicyServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ def measure_wire(backend: Backend, endpoints: dict[str, str], *, iters: int, war
     difference is the transport: client encode, loopback, server decode/validate, the hop to the worker
     thread and back, reply encode, client decode."""
     images, state = payload(seed, image_size)
-    obs = Observation(images=images, state=state)
+    obs = WireObservation(images=images, state=state)
     session = backend.new_session(INSTRUCTION, seed)
     clients = {label: PolicyClient(ep, robot_contract(image_size), client_id=f"wire-{i}", deadline_s=30.0,
                                    control_timeout_s=30.0)

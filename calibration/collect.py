@@ -1,7 +1,7 @@
 """Hand-eye data collection, one code path for the real rig and the sim workcell.
 
 `collect` drives an arm (`robot.arm.Arm` on a real FR3 or on franky-sim, or a test double) through a list of
-target poses and records one `Observation` per pose where the board was seen. For each pose, in order:
+target poses and records one `HandEyeSample` per pose where the board was seen. For each pose, in order:
 
 1. the pose is checked against the launch file's `SafetyConfig` (workspace box, orientation cone); a pose
    outside is refused, counted, and never sent to the arm;
@@ -41,8 +41,8 @@ from calibration.handeye import (
     MIN_POSES,
     BoardNotVisibleError,
     CalibrationError,
+    HandEyeSample,
     Mode,
-    Observation,
     TooFewPosesError,
     inv_T,
     make_T,
@@ -90,7 +90,7 @@ class CollectionAborted(CalibrationError):
 
 @dataclass
 class Collection:
-    observations: list[Observation]
+    observations: list[HandEyeSample]
     K: np.ndarray
     dist: np.ndarray
     mode: Mode
@@ -309,7 +309,7 @@ def _visit(arm: ArmLike, poses: Sequence[np.ndarray], col: Collection, safety: S
         except BoardNotVisibleError:
             col.not_visible += 1
             continue
-        col.observations.append(Observation(T, obj, img, board_pose(obj, img, col.K, col.dist)))
+        col.observations.append(HandEyeSample(T, obj, img, board_pose(obj, img, col.K, col.dist)))
         if progress is not None:
             progress(f"{guard.where}: board seen ({len(obj)} corners)")
 

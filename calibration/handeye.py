@@ -129,8 +129,9 @@ def check_motions(
 
 
 @dataclass
-class Observation:
-    """One pose: the robot's T_base_ee and the board seen by the camera (corners and its PnP pose)."""
+class HandEyeSample:
+    """One calibration pose: the robot's T_base_ee and the board as the camera saw it there (its corners and their
+    PnP pose)."""
 
     T_base_ee: np.ndarray
     obj_points: np.ndarray  # (N, 3) board frame
@@ -156,7 +157,7 @@ class HandEyeResult:
     n_holdout: int = 0
 
 
-def _gripper_and_target(obs: Sequence[Observation], mode: Mode) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _gripper_and_target(obs: Sequence[HandEyeSample], mode: Mode) -> tuple[list[np.ndarray], list[np.ndarray]]:
     if mode == "eye_in_hand":
         return [o.T_base_ee for o in obs], [o.T_cam_board for o in obs]
     if mode == "eye_to_base":
@@ -164,7 +165,7 @@ def _gripper_and_target(obs: Sequence[Observation], mode: Mode) -> tuple[list[np
     raise ValueError(f"mode must be 'eye_in_hand' or 'eye_to_base', got {mode!r}")
 
 
-def _fixed_board(obs: Sequence[Observation], X: np.ndarray, mode: Mode) -> tuple[np.ndarray, float, float]:
+def _fixed_board(obs: Sequence[HandEyeSample], X: np.ndarray, mode: Mode) -> tuple[np.ndarray, float, float]:
     """The constant pose (T_base_board or T_ee_board) implied by X, averaged, with its spread."""
     G, C = _gripper_and_target(obs, mode)
     Ts = [g @ X @ c for g, c in zip(G, C, strict=True)]
@@ -219,7 +220,7 @@ def refine_reprojection(obs, X0: np.ndarray, mode: Mode, K: np.ndarray, dist: np
 
 
 def calibrate(
-    observations: Sequence[Observation],
+    observations: Sequence[HandEyeSample],
     mode: Mode,
     K: np.ndarray,
     dist: np.ndarray | None = None,

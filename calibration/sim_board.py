@@ -25,7 +25,7 @@ from scipy.spatial.transform import Rotation
 
 from calibration.charuco import BoardSpec, camera_matrix, synthetic_observation
 from calibration.collect import CALIBRATION_DYNAMICS, Collection, check_pose, collect
-from calibration.handeye import MIN_POSES, Mode, Observation, inv_T, make_T
+from calibration.handeye import MIN_POSES, HandEyeSample, Mode, inv_T, make_T
 from calibration.poses import generate_poses
 from robot.safety import SafetyConfig
 
@@ -63,7 +63,7 @@ class SimCollection:
     T_true: np.ndarray  # ground truth: T_ee_cam (wrist) or T_base_cam (static)
 
     @property
-    def observations(self) -> list[Observation]:
+    def observations(self) -> list[HandEyeSample]:
         return self.collection.observations
 
     @property

@@ -37,7 +37,6 @@ from dreamvla_client.protocol import (
     Limits,
     Message,
     ModelContract,
-    Observation,
     Ping,
     Pong,
     ProtocolError,
@@ -46,6 +45,7 @@ from dreamvla_client.protocol import (
     RobotContract,
     Stats,
     StatsRequest,
+    WireObservation,
     decode,
     encode,
 )
@@ -177,7 +177,7 @@ class PolicyClient:
         self._ensure_hello()
         seq = next(self._seq)
         request = Infer(session=session, seq=seq, capture_ts_ns=capture_ts_ns,
-                        observation=Observation(images=images, state=state))
+                        observation=WireObservation(images=images, state=state))
         try:
             chunk = self._exchange(request, Chunk, self.deadline_s, lambda r: r.seq == seq)
         except SessionLost as exc:

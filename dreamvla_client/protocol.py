@@ -161,7 +161,10 @@ class ResetAck(Message):
     episode_id: str
 
 
-class Observation(BaseModel):
+class WireObservation(BaseModel):
+    """One observation as an `infer` request carries it: RGB uint8 (H, W, 3) per declared camera and the state
+    vector (dreamvla_client.conventions.STATE_LAYOUT) in robot units. The serving engine takes it as it is."""
+
     model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
     images: dict[str, np.ndarray]
     state: np.ndarray
@@ -172,7 +175,7 @@ class Infer(Message):
     session: Annotated[str, Field(min_length=1, max_length=128)]
     seq: Stamp
     capture_ts_ns: dict[str, Stamp]  # per stream ("state" and each camera), robot monotonic clock
-    observation: Observation
+    observation: WireObservation
 
 
 class Chunk(Message):

@@ -77,7 +77,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _cmd_try(args: argparse.Namespace) -> int:
     """Run the policy on synthetic observations: the smallest end-to-end check of a checkpoint."""
-    from policy_server.serving.engine import Observation, PolicyEngine
+    from dreamvla_client.protocol import WireObservation
+    from policy_server.serving.engine import PolicyEngine
 
     engine = PolicyEngine.from_checkpoint(Path(args.checkpoint), device=args.device)
     rng = np.random.default_rng(args.seed)
@@ -90,7 +91,8 @@ def _cmd_try(args: argparse.Namespace) -> int:
         table.add_column(col, justify="right")
     for step in range(args.steps):
         images = {c: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for c in engine.cfg.cameras}
-        chunk = engine.step(history, Observation(images, state)) * scale  # robot units (docs/conventions.md)
+        obs = WireObservation(images=images, state=state)
+        chunk = engine.step(history, obs) * scale  # robot units (docs/conventions.md)
         for k, a in enumerate(chunk):
             table.add_row(str(step), str(k), " ".join(f"{v * 1e3:+.1f}" for v in a[:3]),
                           " ".join(f"{v * 1e3:+.1f}" for v in a[3:6]), "open" if a[6] >= 0.5 else "closed")

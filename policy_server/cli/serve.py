@@ -17,7 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.logging import RichHandler
 
-from dreamvla_client.protocol import Observation
+from dreamvla_client.protocol import WireObservation
 from dreamvla_client.security import check_bind_policy, read_key_file
 from policy_server.serving.echo import EchoBackend, echo_contract
 from policy_server.serving.server import Backend, PolicyServer
@@ -44,7 +44,7 @@ def warm_up(backend: Backend, steps: int) -> None:
     """A few dummy steps before READY, so that the first robot does not pay for lazy initialisation."""
     contract = backend.contract()
     size = contract.image_size
-    obs = Observation(images={c: np.zeros((size, size, 3), np.uint8) for c in contract.cameras},
+    obs = WireObservation(images={c: np.zeros((size, size, 3), np.uint8) for c in contract.cameras},
                       state=np.zeros(len(contract.state_layout), np.float32))
     session = backend.new_session("warm up", 0)
     for _ in range(steps):

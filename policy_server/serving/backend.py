@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dreamvla_client.contract import physical_state_range
-from dreamvla_client.protocol import ModelContract, Observation
+from dreamvla_client.protocol import ModelContract, WireObservation
 from policy_server.serving import engine as eng
 
 # The contract's action range, in model units (times the checkpoint's action scale): beyond it an output is
@@ -77,7 +77,7 @@ class EngineBackend:
     def discard_step(self, state: EngineSession) -> None:
         state.undo_step()
 
-    def infer_batch(self, states: list[EngineSession], observations: list[Observation]
+    def infer_batch(self, states: list[EngineSession], observations: list[WireObservation]
                     ) -> tuple[list[np.ndarray], dict[str, float]]:
         """One engine step per session, all or nothing: if any part fails, every session is left as it was."""
         for s in states:
@@ -89,7 +89,7 @@ class EngineBackend:
                 s.undo_step()
             raise
 
-    def _step(self, states: list[EngineSession], observations: list[Observation]
+    def _step(self, states: list[EngineSession], observations: list[WireObservation]
               ) -> tuple[list[np.ndarray], dict[str, float]]:
         """Sessions whose cameras send different resolutions cannot share an image tensor, so each
         resolution is its own engine batch (one in the usual fleet)."""
@@ -105,7 +105,7 @@ class EngineBackend:
         for members in groups.values():
             out, stages = self.engine.step_batch(
                 [states[i].history for i in members],
-                [eng.Observation(observations[i].images, observations[i].state) for i in members],
+                [observations[i] for i in members],
                 [noises[i] for i in members])
             for i, chunk in zip(members, out, strict=True):
                 chunks[i] = (chunk * self._scale).astype(np.float32)

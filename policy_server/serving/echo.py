@@ -9,7 +9,7 @@ import numpy as np
 
 from dreamvla_client.contract import physical_state_range
 from dreamvla_client.conventions import ACTION_CONVENTION, ACTION_DIM, GRIPPER_CONVENTION, STATE_LAYOUT
-from dreamvla_client.protocol import ModelContract, Observation
+from dreamvla_client.protocol import ModelContract, WireObservation
 
 
 class EchoBackend:
@@ -34,7 +34,7 @@ class EchoBackend:
     def discard_step(self, state: Any) -> None:
         return None  # nothing to forget
 
-    def infer_batch(self, states: list[Any], observations: list[Observation]
+    def infer_batch(self, states: list[Any], observations: list[WireObservation]
                     ) -> tuple[list[np.ndarray], dict[str, float]]:
         if self._delay_s:
             time.sleep(self._delay_s)

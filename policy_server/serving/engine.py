@@ -1,7 +1,8 @@
 """Serving-side inference: per-episode history cache, newest-frame-only encoding, precision policy.
 
 The engine knows nothing of sockets or sessions' lifetimes; the server owns those and keeps one
-`EpisodeHistory` per robot session.
+`EpisodeHistory` per robot session. It takes observations as the wire carries them (`WireObservation`: raw
+RGB frames and the state in robot units) and turns them into the model's tensors itself (`_frame_inputs`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,20 +18,14 @@ from typing import Literal
 import numpy as np
 import torch
 
+from dreamvla_client.conventions import STATE_DIM
+from dreamvla_client.protocol import WireObservation
 from policy_server.model.checkpoint import CheckpointMeta, load_checkpoint
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import Tokenizer
 from policy_server.model.vision import preprocess_images
 
 Precision = Literal["bf16", "fp32"]
-
-
-@dataclass
-class Observation:
-    """One capture: RGB uint8 (H, W, 3) per camera and the state [x, y, z, roll, pitch, yaw, gripper_open]."""
-
-    images: Mapping[str, np.ndarray]
-    state: np.ndarray
 
 
 @dataclass
@@ -84,7 +79,7 @@ class PolicyEngine:
             else:
                 yield
 
-    def _frame_inputs(self, observations: list[Observation]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _frame_inputs(self, observations: list[WireObservation]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Stack N observations into model inputs: state (N, 7), images {camera: (N, 3, R, R)}."""
         size = self.cfg.vision.image_size
         images = {}
@@ -93,7 +88,7 @@ class PolicyEngine:
                 raise KeyError(f"observation lacks camera {cam!r} (model cameras: {list(self.cfg.cameras)})")
             raw = torch.from_numpy(np.stack([o.images[cam] for o in observations])).to(self.device)
             images[cam] = preprocess_images(raw, size)
-        states = np.stack([np.asarray(o.state, dtype=np.float32).reshape(7) for o in observations])
+        states = np.stack([np.asarray(o.state, dtype=np.float32).reshape(STATE_DIM) for o in observations])
         return torch.from_numpy(states).to(self.device), images
 
     def start_episode(self, instruction: str) -> EpisodeHistory:
@@ -103,26 +98,26 @@ class PolicyEngine:
             text = self.model.encode_text(ids)
         return EpisodeHistory(instruction, text, deque(maxlen=self.cfg.sequence_length))
 
-    def encode(self, observations: list[Observation]) -> torch.Tensor:
+    def encode(self, observations: list[WireObservation]) -> torch.Tensor:
         """(N, A-1, H) tokens of N frames in one encoder pass."""
         state, images = self._frame_inputs(observations)
         with self.inference_context():
             return self.model.encode_frame(state, images)
 
-    def step(self, history: EpisodeHistory, obs: Observation, *, noise: torch.Tensor | None = None,
+    def step(self, history: EpisodeHistory, obs: WireObservation, *, noise: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> np.ndarray:
         """Append the newest frame to the history and return its (3, 7) chunk in model units."""
         history.frames.append(self.encode([obs])[0])  # the only encoder work of a cached step
         return self._predict(history.text, torch.stack(list(history.frames)), noise, generator)
 
-    def step_recompute(self, instruction: str, window: list[Observation], *, noise: torch.Tensor | None = None,
+    def step_recompute(self, instruction: str, window: list[WireObservation], *, noise: torch.Tensor | None = None,
                        generator: torch.Generator | None = None) -> np.ndarray:
         """The released code's way: re-encode text and every frame of the window at each step."""
         history = self.start_episode(instruction)
         frames = self.encode(window[-self.cfg.sequence_length :])
         return self._predict(history.text, frames, noise, generator)
 
-    def step_batch(self, histories: list[EpisodeHistory], observations: list[Observation],
+    def step_batch(self, histories: list[EpisodeHistory], observations: list[WireObservation],
                    noises: list[torch.Tensor]) -> tuple[list[np.ndarray], dict[str, float]]:
         """One step for several episodes at once (micro-batching across robots sharing a GPU).
 

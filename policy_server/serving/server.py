@@ -41,7 +41,6 @@ from dreamvla_client.protocol import (
     Limits,
     Message,
     ModelContract,
-    Observation,
     Ping,
     Pong,
     ProtocolError,
@@ -49,6 +48,7 @@ from dreamvla_client.protocol import (
     ResetAck,
     Stats,
     StatsRequest,
+    WireObservation,
     decode,
     encode,
 )
@@ -79,7 +79,7 @@ class Backend(Protocol):
         """Opaque per-episode state (history, noise generator); a random seed when `seed` is None."""
         ...
 
-    def infer_batch(self, states: list[Any], observations: list[Observation]
+    def infer_batch(self, states: list[Any], observations: list[WireObservation]
                     ) -> tuple[list[np.ndarray], dict[str, float]]:
         """One step for each session: (chunk_length, 7) float32 chunks in robot units, and the seconds
         spent per stage (a subset of encode, backbone, diffusion). A chunk must not depend on who else

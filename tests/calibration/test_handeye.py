@@ -13,7 +13,7 @@ from calibration.handeye import (
     METHODS,
     BoardNotVisibleError,
     DegenerateMotionError,
-    Observation,
+    HandEyeSample,
     TooFewPosesError,
     calibrate,
     inv_T,
@@ -38,7 +38,7 @@ def _eye_in_hand_obs(poses, X=X_WRIST, noise=0.2, seed=1):
             o, i = synthetic_observation(T_cam_board, BoardSpec(), K, SIZE, noise, rng)
         except BoardNotVisibleError:
             continue
-        obs.append(Observation(T, o, i, board_pose(o, i, K)))
+        obs.append(HandEyeSample(T, o, i, board_pose(o, i, K)))
     return obs
 
 
@@ -74,7 +74,7 @@ def test_every_method_eye_to_base_synthetic_noise_free(method):
             o, i = synthetic_observation(T_cam_board, BoardSpec(), K, SIZE, 0.0)
         except BoardNotVisibleError:
             continue
-        obs.append(Observation(T, o, i, board_pose(o, i, K)))
+        obs.append(HandEyeSample(T, o, i, board_pose(o, i, K)))
     assert len(obs) >= 10
     r = calibrate(obs, "eye_to_base", K, methods=[method])
     for res in r.methods.values():

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from dreamvla_client.protocol import WireObservation
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import build_tokenizer
-from policy_server.serving.engine import Observation, PolicyEngine
+from policy_server.serving.engine import PolicyEngine
 
 
 def _model(cfg, *, decoders: bool, seed: int = 0) -> DreamVLA:
@@ -21,11 +22,11 @@ def _randomize_output_layer(model: DreamVLA) -> None:
     torch.nn.init.normal_(model.action_head.net.final_layer.linear.weight, std=0.02)
 
 
-def _observations(cfg, n: int, seed: int = 0) -> list[Observation]:
+def _observations(cfg, n: int, seed: int = 0) -> list[WireObservation]:
     rng = np.random.default_rng(seed)
     return [
-        Observation({c: rng.integers(0, 256, (48, 80, 3), dtype=np.uint8) for c in cfg.cameras},
-                    np.r_[rng.normal(size=6), float(i % 2)].astype(np.float32))
+        WireObservation(images={c: rng.integers(0, 256, (48, 80, 3), dtype=np.uint8) for c in cfg.cameras},
+                        state=np.r_[rng.normal(size=6), float(i % 2)].astype(np.float32))
         for i in range(n)
     ]
 

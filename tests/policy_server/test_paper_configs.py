@@ -70,17 +70,18 @@ def test_paper_real_shares_seer_droid_widths(capsys):
 
 def test_paper_calvin_bf16_step_on_cpu():
     """One full-window (10 frames) serving step of paper-calvin, random weights, bf16 autocast on CPU."""
+    from dreamvla_client.protocol import WireObservation
     from policy_server.model.dreamvla import DreamVLA
     from policy_server.model.text import ByteTokenizer
-    from policy_server.serving.engine import Observation, PolicyEngine
+    from policy_server.serving.engine import PolicyEngine
 
     cfg = preset("paper-calvin")
     model = DreamVLA(cfg, with_decoders=False, load_pretrained=False)
     # No CLIP vocabulary here: byte ids are valid CLIP token ids, enough to exercise the text tower.
     engine = PolicyEngine(model, None, ByteTokenizer(77), precision="bf16")
     rng = np.random.default_rng(0)
-    obs = [Observation({c: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for c in cfg.cameras},
-                       np.zeros(7, np.float32)) for _ in range(cfg.sequence_length)]
+    obs = [WireObservation(images={c: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for c in cfg.cameras},
+                           state=np.zeros(7, np.float32)) for _ in range(cfg.sequence_length)]
     history = engine.start_episode("push the blue block")
     history.frames.extend(engine.encode(obs[:-1]))
     start = time.perf_counter()

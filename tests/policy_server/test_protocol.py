@@ -66,7 +66,7 @@ def sample_messages() -> list[P.Message]:
         P.Reset(session="sess-1", episode_id="ep-0008", instruction="", seed=2**63 - 1),
         P.ResetAck(session="sess-1", episode_id="ep-0007"),
         P.Infer(session="sess-1", seq=42, capture_ts_ns={"state": 10**18, "static": 10**18 - 5, "wrist": 1},
-                observation=P.Observation(
+                observation=P.WireObservation(
                     images={"static": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
                             "wrist": rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)},
                     state=state)),
@@ -143,7 +143,7 @@ def test_expect_refuses_a_different_type_but_passes_errors():
 
 
 def _infer(images, state) -> P.Infer:
-    return P.Infer(session="s", seq=0, capture_ts_ns={}, observation=P.Observation(images=images, state=state))
+    return P.Infer(session="s", seq=0, capture_ts_ns={}, observation=P.WireObservation(images=images, state=state))
 
 
 def test_array_layout_on_the_wire():

@@ -32,13 +32,13 @@ from dreamvla_client.protocol import (
     HelloAck,
     Infer,
     Message,
-    Observation,
     Ping,
     Pong,
     Reset,
     RobotContract,
     Stats,
     StatsRequest,
+    WireObservation,
     decode,
     encode,
 )
@@ -191,7 +191,7 @@ def test_observation_held_to_declared_contract(echo_server):
 def test_hello_first_and_unknown_session(echo_server):
     contract = robot_contract()
     images, state = observation(contract, np.random.default_rng(2))
-    obs = Observation(images=images, state=state)
+    obs = WireObservation(images=images, state=state)
     (reply,) = raw_exchange(echo_server.endpoint, Infer(session="s", seq=7, capture_ts_ns={}, observation=obs))
     assert isinstance(reply, Error) and reply.code == "not_hello" and reply.seq == 7
     (ack, reply) = raw_exchange(echo_server.endpoint, Hello(client_id="raw", contract=contract),
@@ -208,7 +208,7 @@ def test_pipelined_requests_of_one_session_answered_in_order(echo_server):
     contract = robot_contract()
     rng = np.random.default_rng(3)
     states = [observation(contract, rng) for _ in range(6)]
-    requests = [Infer(session="s", seq=i, capture_ts_ns=STAMPS, observation=Observation(images=im, state=st))
+    requests = [Infer(session="s", seq=i, capture_ts_ns=STAMPS, observation=WireObservation(images=im, state=st))
                 for i, (im, st) in enumerate(states)]
     replies = raw_exchange(echo_server.endpoint, Hello(client_id="pipe", contract=contract),
                            Reset(session="s", episode_id="e", instruction="x"), *requests)
@@ -343,7 +343,6 @@ def test_four_concurrent_clients_each_get_their_own_model_output(ckpt):
     import torch
 
     from policy_server.serving.backend import EngineBackend
-    from policy_server.serving.engine import Observation as EngineObservation
     from policy_server.serving.engine import PolicyEngine
 
     steps = 100
@@ -370,7 +369,7 @@ def test_four_concurrent_clients_each_get_their_own_model_output(ckpt):
         generator = torch.Generator().manual_seed(run.seed)
         for (images, state), chunk in zip(run.sent, run.got, strict=True):
             noise = torch.randn((1, 3, 7), generator=generator)  # the backend's draw: one per step, per session
-            expected = reference.step(history, EngineObservation(images, state), noise=noise) * scale
+            expected = reference.step(history, WireObservation(images=images, state=state), noise=noise) * scale
             np.testing.assert_allclose(chunk.actions, expected, rtol=1e-4, atol=1e-5)
 
 

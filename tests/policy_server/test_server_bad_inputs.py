@@ -136,7 +136,7 @@ def infer(seq: int, session: str = "s", images: dict | None = None, state: np.nd
     if images is None:
         images = {n: np.full((H, W, 3), seq % 256, np.uint8) for n in ("static", "wrist")}
     return P.encode(P.Infer(session=session, seq=seq, capture_ts_ns=stamps(seq) if capture_ts_ns is None
-                            else capture_ts_ns, observation=P.Observation(images=images, state=good_state(seq)
+                            else capture_ts_ns, observation=P.WireObservation(images=images, state=good_state(seq)
                                                                           if state is None else state)))
 
 

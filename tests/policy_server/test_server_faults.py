@@ -27,7 +27,7 @@ from serve_process import serving, spawned
 
 from dreamvla_client.client import PolicyClient, ServerError, SessionLost
 from dreamvla_client.conventions import STATE_LAYOUT
-from dreamvla_client.protocol import CameraContract, Observation, RobotContract
+from dreamvla_client.protocol import CameraContract, RobotContract, WireObservation
 from dreamvla_client.security import read_key_file
 from policy_server.serving.echo import EchoBackend, echo_contract
 
@@ -66,10 +66,10 @@ class PoisonedInput:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
-    def infer_batch(self, states: list[Any], obs: list[Observation]) -> tuple[list[np.ndarray], dict[str, float]]:
+    def infer_batch(self, states: list[Any], obs: list[WireObservation]) -> tuple[list[np.ndarray], dict[str, float]]:
         call, self.calls = self.calls, self.calls + 1
         if call in self._poison:
-            obs = [Observation(images=o.images, state=np.full(7, 3e38, np.float32)) for o in obs]
+            obs = [WireObservation(images=o.images, state=np.full(7, 3e38, np.float32)) for o in obs]
         return self._backend.infer_batch(states, obs)
 
 
@@ -80,7 +80,7 @@ def reference_chunks(ckpt: Path, seed: int, sent: list[tuple[dict[str, np.ndarra
 
     backend = EngineBackend(PolicyEngine.from_checkpoint(ckpt))
     session = backend.new_session("pick up the bottle", seed)
-    return [backend.infer_batch([session], [Observation(images=i, state=s)])[0][0] for i, s in sent]
+    return [backend.infer_batch([session], [WireObservation(images=i, state=s)])[0][0] for i, s in sent]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ class FaultyEcho(EchoBackend):
     def discard_step(self, state: Any) -> None:
         self.discarded += 1
 
-    def infer_batch(self, states: list[Any], obs: list[Observation]) -> tuple[list[Any], dict[str, Any]]:
+    def infer_batch(self, states: list[Any], obs: list[WireObservation]) -> tuple[list[Any], dict[str, Any]]:
         call, self.calls = self.calls, self.calls + 1
         if call == 0:
             time.sleep(self.hold_first_s)
@@ -293,7 +293,7 @@ def counting_server() -> Iterator[tuple[Any, RecordingProxy]]:
         def discard_step(self, state: list[int]) -> None:
             state.pop()
 
-        def infer_batch(self, states: list[Any], obs: list[Observation]) -> tuple[list[np.ndarray], dict]:
+        def infer_batch(self, states: list[Any], obs: list[WireObservation]) -> tuple[list[np.ndarray], dict]:
             for history in states:
                 history.append(1)
             return [np.full((3, 7), len(h), np.float32) * [1, 1, 1, 0, 0, 0, 0] for h in states], {}
@@ -461,7 +461,7 @@ def test_a_reply_type_is_unknown_type_even_during_shutdown():
             assert isinstance(ask(hello), P.HelloAck)
             assert isinstance(ask(P.Reset(session="s", episode_id="e", instruction="pick")), P.ResetAck)
             sock.send_multipart(P.encode(P.Infer(session="s", seq=1, capture_ts_ns=STAMPS,
-                                                 observation=Observation(images=images, state=state))))
+                                                 observation=WireObservation(images=images, state=state))))
             time.sleep(0.2)  # the infer is in the worker's 1 s "inference"
             server.stop()
             pong = P.Pong(client_ts_ns=1, server_ts_ns=2, health="ok", load={})

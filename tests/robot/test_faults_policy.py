@@ -27,7 +27,7 @@ from delay_proxy import DelayProxy
 from serve_process import serving
 from test_runner import LaggingCamera, make_runner, run_in_thread
 
-from dreamvla_client.protocol import Observation as WireObservation
+from dreamvla_client.protocol import WireObservation
 from policy_server.serving.echo import EchoBackend, echo_contract
 from policy_server.serving.server import PolicyServer
 from robot.policy import Observation, PolicyChunk, PolicyFailure, RemotePolicy, robot_contract
