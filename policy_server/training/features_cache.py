@@ -230,10 +230,12 @@ def _find(dataset: Path, want: FeatureSpec, flow: str | None, gap: int | None, c
                                 f"was built for another config: {spec_diff(have, wanted)}): run {rebuild}")
     done = [(f, s) for f, s in fits if (f / MANIFEST).is_file()]
     if not done:
-        folder = fits[0][0]
+        folder, have = fits[0]
         finished = len(list((folder / EPISODES).glob("episode_*"))) if (folder / EPISODES).is_dir() else 0
+        flags = f" --flow {have.tracks} --gap {have.gap}" if have.tracks else ""
         raise FeatureCacheError(f"the feature cache {folder} is unfinished ({finished} episodes done, no manifest; "
-                                f"an interrupted dv-features): run {rebuild} --resume")
+                                f"an interrupted dv-features): run `dv-features {dataset} --config {config}{flags} "
+                                "--resume`")
     if len(done) > 1:
         names = ", ".join(f"{f.name} ({s.tracks} gap {s.gap})" for f, s in done)
         raise FeatureCacheError(f"several feature caches in {root} fit config {config!r}: {names}; pass flow/gap to "

@@ -199,7 +199,8 @@ def test_injected_failure_resumes_to_the_uninterrupted_result(dataset_factory, m
     monkeypatch.setattr(features_mod, "compute_episode", failing)
     with pytest.raises(KeyboardInterrupt):
         build(root, spec)
-    with pytest.raises(FeatureCacheError, match=r"unfinished \(2 episodes done.*--resume"):
+    with pytest.raises(FeatureCacheError, match=r"unfinished \(2 episodes done.*--config tiny --flow dis --gap 3 "
+                                                r"--resume"):
         FeatureCache.open(root, TINY)
     calls.clear()
     monkeypatch.setattr(features_mod, "compute_episode", lambda *a: calls.append(a[1].index) or real(*a))
