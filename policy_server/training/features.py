@@ -14,10 +14,12 @@ and `--resume` continues without recomputing the episodes already committed.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +57,7 @@ from policy_server.training.flow import CoTracker, cotracker_weights, dis_tracks
 from teleop.dataset import layout as L
 
 log = logging.getLogger(__name__)
+LOCK = ".lock"
 PREPROCESS_BATCH = 64  # frames resized at once (bounds the float copy of a 640x480 episode)
 # advance(frames done, what happened to the episode: "computed" | "resumed" | "reused" | "finalised")
 Progress = Callable[[int, str], None]
@@ -269,6 +272,25 @@ def build(dataset: Path, spec: FeatureSpec, *, resume: bool = False, progress: P
         advance(source.total_frames, "up to date")
         return cache_root(dataset) / spec.dirname
     teachers = teachers or load_for(spec)
+    with exclusive(cache_root(dataset) / spec.dirname):
+        return _build(dataset, source, spec, resume, advance, teachers)
+
+
+@contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold the folder's build lock: two runs writing one cache would interleave their chunks. The kernel drops
+    the lock when its process dies, so a killed run never blocks the next one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FeatureBuildError(f"another dv-features is building {folder}; wait for it to finish") from None
+        yield
+
+
+def _build(dataset: Path, source: DatasetSource, spec: FeatureSpec, resume: bool, advance: Progress,
+           teachers: Teachers) -> Path:
     folder, discarded = prepare_folder(dataset, spec, resume)
     if discarded:
         log.warning("%s: discarded %d episodes an earlier run finished (pass --resume to keep them)", folder, discarded)

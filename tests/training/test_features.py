@@ -327,3 +327,14 @@ def test_semantic_teacher_from_a_local_folder(dataset_factory, tmp_path, monkeyp
     narrow = cfg.model_copy(update={"decoder": cfg.decoder.model_copy(update={"dino_dim": 16})})
     with pytest.raises(MissingTeacherError, match=r"gives \(256, 32\).*predicts \(256, 16\)"):
         build(root, feature_spec(narrow))
+
+
+def test_a_second_run_on_the_same_cache_is_refused(dataset_factory):
+    from policy_server.training.features import FeatureBuildError, exclusive
+
+    root = dataset_factory([2])
+    spec = feature_spec(TINY)
+    with exclusive(cache_root(root) / spec.dirname), pytest.raises(FeatureBuildError, match="another dv-features"):
+        build(root, spec)
+    build(root, spec)  # the lock went with the first holder
+    FeatureCache.open(root, TINY)
