@@ -6,10 +6,11 @@ nearest-neighbour resizing (no mixing across depth edges or into holes) and is c
 from `flow.py`; semantic features from a local teacher (`features_semantic.py`).
 
 Crash safety: each finished episode is written to a temporary folder and renamed into `episodes/` (the rename is
-its commit); the concatenated arrays are written under temporary names and renamed, and `manifest.json` is
-written last, after removing any older one first. So a run killed at any point leaves either the previous
-finished cache untouched until the final step, or a folder without a manifest, which `FeatureCache.open` refuses
-and `--resume` continues without recomputing the episodes already committed.
+its commit). At the end, any older `manifest.json` is removed first, the concatenated arrays are written under
+temporary names and renamed into place, and the new manifest is written last. A run killed at any point
+therefore leaves a folder without a manifest, which `FeatureCache.open` refuses as unfinished and `--resume`
+completes without recomputing the committed episodes, or an older finished cache whose manifest still matches
+its arrays (open refuses it if the dataset changed since).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from teleop.dataset import layout as L
 log = logging.getLogger(__name__)
 LOCK = ".lock"
 PREPROCESS_BATCH = 64  # frames resized at once (bounds the float copy of a 640x480 episode)
-# advance(frames done, what happened to the episode: "computed" | "resumed" | "reused" | "finalised")
+# advance(frames done, what happened: "computed" | "resumed" | "reused" (an episode), "finalised", "up to date")
 Progress = Callable[[int, str], None]
 
 
@@ -71,7 +72,9 @@ class FeatureBuildError(RuntimeError):
 
 
 def crop_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """(resized h, resized w, top, left) of `preprocess_images`' short-side resize and centre crop to `size`."""
+    """(resized h, resized w, top, left) of `preprocess_images`' short-side resize and centre crop to `size`,
+    for the depth maps, which cannot go through that function (nearest-neighbour, one channel). The images use
+    `preprocess_images` itself; a test holds the two to the same geometry."""
     if (height, width) == (size, size):
         return size, size, 0, 0
     scale = size / min(height, width)
