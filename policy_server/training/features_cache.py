@@ -77,8 +77,9 @@ class FeatureSpec(BaseModel):
 
 
 def feature_spec(cfg: ModelConfig, flow: FlowMethod = "dis", gap: int | None = None) -> FeatureSpec:
-    """The spec a model config needs. The default gap is the config's `future_steps`: the dynamic-region head
-    predicts frame t + future_steps, so the regions that move between t and that frame are the ones to learn."""
+    """The spec a model config needs. The default gap is the config's `future_steps` (3): the dynamic-region head
+    predicts frame t + future_steps, so the regions that move between t and that frame are the ones to learn. At
+    our 15 fps that is 0.2 s, the span of the released gaps (3 at LIBERO's 20 Hz, 5 at CALVIN's 30 Hz)."""
     sem = tuple(m for m in cfg.dream_order if m in SEMANTIC)
     d = cfg.decoder
     return FeatureSpec(
