@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -146,35 +147,24 @@ class _Rig:
 
 @contextlib.contextmanager
 def _rig(task: str, camera_size: tuple[int, int] | None) -> Iterator[_Rig]:
-    """The workcell `dv-robot run TASK --sim` builds: default cameras without depth (or `camera_size` (h, w)),
-    the sim's frame-age limits, franky with realtime off."""
-    from robot.arm import Arm, ArmConfig, Gripper, GripperConfig
-    from robot.cli import sim_safety
-    from robot.sim.workcell import SimWorkcell, default_cameras
+    """The workcell `dv-robot run TASK --sim` opens (`open_workcell`): default cameras without depth (or
+    `camera_size` (h, w)), the sim's frame-age limits, franky with realtime off."""
+    from robot.workcell import open_workcell, plan_workcell
 
-    size = {} if camera_size is None else {"height": camera_size[0], "width": camera_size[1]}
-    configs = [c.model_copy(update={"depth": False, **size}) for c in default_cameras()]
-    safety = sim_safety()
+    plan = plan_workcell(task, sim=True, seed=0)
+    if camera_size is not None:
+        size = {"height": camera_size[0], "width": camera_size[1]}
+        plan = dataclasses.replace(plan, cameras=tuple(c.model_copy(update=size) for c in plan.cameras))
     with contextlib.ExitStack() as stack:
-        cell = stack.enter_context(SimWorkcell(task=task, seed=0, cameras=configs))
-        for camera in cell.cameras.values():
-            camera.connect()
-            stack.callback(camera.disconnect)
-        arm = stack.enter_context(Arm(ArmConfig(host=cell.hostname, realtime="ignore",
-                                                relative_dynamics_factor=safety.relative_dynamics_factor)))
-        gripper = stack.enter_context(Gripper(GripperConfig(host=cell.hostname)))
-        yield _Rig(cell, arm, gripper, dict(cell.cameras), safety, task)
+        cell = open_workcell(plan, stack)
+        yield _Rig(cell.sim, cell.arm, cell.gripper, cell.cameras, plan.safety, task)
 
 
 def _scripted_policy(rig: _Rig) -> ScriptedPolicy:
-    """The sim's expert with `dv-robot --policy scripted`'s speed limits (kept under the envelope's caps)."""
-    from robot.sim.experts import ScriptedExpert, plan_task
+    """The sim's expert as `dv-robot --policy scripted` runs it (kept under the envelope's caps)."""
+    from robot.sim.experts import scripted_policy
 
-    speed = min(0.15, 0.6 * rig.safety.max_speed_mps)
-    turn = min(0.6, 0.9 * rig.safety.max_angular_speed_rps)
-    return ScriptedPolicy(lambda T0: ScriptedExpert(plan_task(rig.cell.task, rig.cell.state()), T0,
-                                                    rate_hz=rig.rate_hz, max_speed=speed, max_angular_speed=turn),
-                          rig.rate_hz, rig.chunk_length)
+    return scripted_policy(rig.cell, RunnerConfig(rate_hz=rig.rate_hz, chunk_length=rig.chunk_length), rig.safety)
 
 
 @dataclass
@@ -250,7 +240,7 @@ def _obs_age(ep: _Episode) -> dict[str, dict[str, float]]:
 @contextlib.contextmanager
 def _served_policy(rig: _Rig, endpoint: str | None, ckpt: Path) -> Iterator[RemotePolicy]:
     """A `RemotePolicy` on `endpoint`, or on a `dv-serve` started on `ckpt` as `dv-robot --sim` starts it."""
-    from robot.cli import local_server
+    from robot.server_access import local_server
 
     with contextlib.ExitStack() as stack:
         if endpoint is None:
@@ -486,7 +476,7 @@ def run_robot_bench(task: str = "pick_bottle", seconds: float = 20.0, estop_tria
                     camera_size: tuple[int, int] | None = None, phases: Sequence[str] = DEFAULT_PHASES,
                     soak_s: float = 300.0) -> dict[str, Any]:
     """The chosen phases in one run on one workcell (soak last); returns the JSON-able results (ratios included)."""
-    from robot.cli import DEFAULT_CKPT
+    from robot.server_access import DEFAULT_CKPT
 
     start = time.monotonic()
     out: dict[str, Any] = {}

@@ -29,16 +29,17 @@ from rich.console import Console
 from rich.table import Table
 
 from calibration.record import numbers_hash
-from robot.cli import (
-    DeviceUnavailable,
-    UsageError,
+from robot.cli_support import (
     add_log_level_option,
     announce_overrides,
     configure_logging,
     print_error,
+    stop_on_signals,
 )
+from robot.errors import DeviceUnavailable, UsageError
 from robot.policy import Policy
 from robot.runner import EpisodeRecord, Runner, RunnerConfig
+from robot.workcell import Workcell, WorkcellPlan, open_workcell, plan_workcell
 from teleop.answers import Answers, KeyAnswers, LineAnswers
 from teleop.dataset import DatasetWriter, EpisodeAborted, ResumeMismatch
 from teleop.dataset import layout as L
@@ -128,32 +129,32 @@ def write_session(root: Path, session: dict[str, Any]) -> Path:
 # ------------------------------------------------------------------------------------------- assembly
 
 
-def _device(args: argparse.Namespace, cell: Any, arm: Any, runner_cfg: RunnerConfig,
-            safety: Any) -> tuple[Policy | CommandSource, Answers, str]:
+def _device(device: str, cell: Workcell, runner_cfg: RunnerConfig) -> tuple[Policy | CommandSource, Answers, str]:
     """The device (a loop policy, or for guiding the command source of the passive loop), where the operator's
     y/n comes from, and the panel's key help."""
     from teleop.devices.command import TeleopPolicy
 
-    if args.device == "scripted":
-        if cell is None:
+    safety = cell.plan.safety
+    if device == "scripted":
+        if cell.sim is None:
             raise UsageError("--device scripted needs the sim workcell (--sim): the expert plans from sim state")
         from robot.sim.experts import scripted_policy
 
-        return (scripted_policy(cell, runner_cfg, safety, max_speed=DEMO_SPEED_MPS), LineAnswers(),
+        return (scripted_policy(cell.sim, runner_cfg, safety, max_speed=DEMO_SPEED_MPS), LineAnswers(),
                 "scripted expert · Ctrl-C ends the session")
-    if args.device == "guiding" and cell is not None:
+    if device == "guiding" and cell.sim is not None:
         from teleop.devices.sim_hand import SimHand
 
-        return (SimHand(cell, arm, runner_cfg.rate_hz, safety), LineAnswers(),
+        return (SimHand(cell.sim, cell.arm, runner_cfg.rate_hz, safety), LineAnswers(),
                 "sim: a scripted hand guides the arm · Ctrl-C ends the session")
-    if args.device in ("keyboard", "guiding"):
+    if device in ("keyboard", "guiding"):
         from robot.estop.keys import RawKeys
         from teleop.devices.keyboard import HELP, KeyboardSource
 
         if not sys.stdin.isatty():
-            raise UsageError(f"--device {args.device} needs a terminal on stdin (its keys)")
+            raise UsageError(f"--device {device} needs a terminal on stdin (its keys)")
         source = KeyboardSource(RawKeys(sys.stdin.fileno()))
-        if args.device == "guiding":
+        if device == "guiding":
             return source, KeyAnswers(source.answers), GUIDING_HELP
         return TeleopPolicy(source, runner_cfg.rate_hz, runner_cfg.chunk_length), KeyAnswers(source.answers), HELP
     from teleop.devices.spacemouse import SpaceMouseSource, SpaceMouseUnavailable
@@ -166,34 +167,34 @@ def _device(args: argparse.Namespace, cell: Any, arm: Any, runner_cfg: RunnerCon
             "left button: gripper · right button: end episode · Ctrl-C ends the session")
 
 
-def _plan_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The `dv-robot run` arguments this recording amounts to (the assembly is shared with it)."""
+def _plan(args: argparse.Namespace) -> WorkcellPlan:
+    """The workcell this recording runs on: the loop at the recording rate, in chunk mode for the scripted expert
+    and receding mode for a person (an operator's command is fresh every tick), who also gets longer episodes."""
     from robot.launch.config import DEFAULT_LAUNCH_FILE
 
-    launch = args.launch or (DEFAULT_LAUNCH_FILE if args.sim else None)
-    mode = "chunk" if args.device == "scripted" else "receding"  # an operator's command is fresh every tick
-    max_s = args.max_episode_s or (None if args.device == "scripted" else HUMAN_EPISODE_S)
-    return argparse.Namespace(task=args.task, sim=args.sim, launch=launch, mode=mode, max_episode_s=max_s,
-                              episodes=args.episodes, server=None, seed=args.seed, policy=f"teleop:{args.device}")
+    return plan_workcell(args.task, sim=args.sim, launch=args.launch or (DEFAULT_LAUNCH_FILE if args.sim else None),
+                         seed=args.seed, episodes=args.episodes,
+                         mode="chunk" if args.device == "scripted" else "receding",
+                         max_episode_s=args.max_episode_s or (None if args.device == "scripted" else HUMAN_EPISODE_S),
+                         rate_hz=args.fps)
 
 
-def _record(args: argparse.Namespace, run_args: argparse.Namespace, plan: Any) -> list[EpisodeProgress]:
-    from robot.cli import make_scene, open_arm, open_devices, open_estop, stop_on_signals
+def _record(args: argparse.Namespace, plan: WorkcellPlan) -> list[EpisodeProgress]:
     from teleop.guiding import GuidedRecording
     from teleop.panel import RecordingPanel
 
-    runner_cfg = RunnerConfig.model_validate({**plan.runner.model_dump(), "rate_hz": args.fps})
+    runner_cfg = plan.runner
     root = args.root or Path("runs/datasets") / args.task
+    assert plan.launch is not None  # a recording always has a launch file (launch/sim.yaml with --sim)
     with contextlib.ExitStack() as stack:
-        cell, arm_cfg, cameras = open_devices(run_args, plan, stack)
-        writer = stack.enter_context(open_dataset(root, cameras, args.fps, plan.launch, args.video_codec,
+        cell = open_workcell(plan, stack)
+        writer = stack.enter_context(open_dataset(root, cell.cameras, args.fps, plan.launch, args.video_codec,
                                                   runner_cfg.max_episode_s))
-        arm, gripper = open_arm(arm_cfg, stack, plan.sim)
-        device, answers, help_text = _device(args, cell, arm, runner_cfg, plan.safety)
-        estop, status = open_estop(plan, stack)
+        device, answers, help_text = _device(args.device, cell, runner_cfg)
+        cell.await_estop_console()
         session = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "id": uuid.uuid4().hex[:8],
                    "argv": sys.argv[1:],
-                   "device": args.device, "task": args.task, "launch_file": str(run_args.launch),
+                   "device": args.device, "task": args.task, "launch_file": str(plan.launch_file),
                    "launch": plan.launch.model_dump(mode="json"),
                    "calibration": plan.launch.calibration.model_dump(mode="json"),
                    "calibration_hash": numbers_hash(plan.launch.calibration.model_dump(mode="json")),
@@ -203,20 +204,17 @@ def _record(args: argparse.Namespace, run_args: argparse.Namespace, plan: Any) -
         panel: RecordingPanel | None = None
         decide = make_decide(args.keep, answers, stopped,
                              lambda: panel.paused() if panel is not None else contextlib.nullcontext())
-        recorder = Recorder(writer, list(cameras), decide, queue_size=args.queue,
+        recorder = Recorder(writer, list(cell.cameras), decide, queue_size=args.queue,
                             on_failure=lambda reason: driver[0].request_stop(f"recorder: {reason}", "recorder"))
-        scene = make_scene(run_args, cell, arm, gripper)
-        steps = _SessionLog(recorder, root, session, scene)
+        steps = _SessionLog(recorder, root, session, cell.scene)
         if args.device == "guiding":
-            guided = GuidedRecording(arm, gripper, cameras, device, steps, plan.safety, args.fps, estop=estop,
-                                     judge=scene.verdict if cell is not None else None)
+            guided = GuidedRecording(cell.arm, cell.gripper, cell.cameras, device, steps, plan.safety, args.fps,
+                                     estop=cell.estop, judge=cell.scene.verdict if cell.sim is not None else None)
             stack.callback(device.close)
             driver.append(guided)
-            run = lambda: guided.run(plan.episodes, scene, runner_cfg.max_episode_s)  # noqa: E731
+            run = lambda: guided.run(plan.episodes, cell.scene, runner_cfg.max_episode_s)  # noqa: E731
         else:
-            runner = Runner(runner_cfg, plan.safety, arm=arm, gripper=gripper, cameras=cameras, policy=device,
-                            scene=scene, task=args.task, policy_name=f"teleop:{args.device}", estop=estop,
-                            status=status, steps=steps)
+            runner = cell.runner(device, f"teleop:{args.device}", steps=steps)
             stack.callback(runner.close)  # also closes the device
             driver.append(runner)
             run = lambda: runner.run(plan.episodes)  # noqa: E731
@@ -314,7 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
-    from robot.cli import plan_run
     from robot.launch import LaunchConfigError
 
     failures = (UsageError, DeviceUnavailable, ReplayError, EStopRefused, LaunchConfigError, ValidationError,
@@ -322,14 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "replay":
             return _replay(args)
-        run_args = _plan_args(args)
-        plan = plan_run(run_args)
+        plan = _plan(args)
     except failures as exc:
         return print_error(console, exc)
     announce_overrides(console, list(plan.overrides))
     try:
         started = time.monotonic()
-        history = _record(args, run_args, plan)
+        history = _record(args, plan)
     except failures as exc:
         return print_error(console, exc)
     else:

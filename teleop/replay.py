@@ -8,7 +8,6 @@ A replay that tracks within a few millimetres shows that record time and run tim
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 from dataclasses import dataclass, field
@@ -150,32 +149,24 @@ class ReplayResult:
 
 def replay_episode(root: Path, index: int, *, sim: bool, launch: Path | None = None,
                    seed: int | None = None) -> ReplayResult:
-    from robot.arm import Arm, Gripper, GripperConfig
-    from robot.cli import make_scene, open_devices, open_estop, plan_run
+    """Replay episode `index` of the dataset at `root` on the sim (the layout of its recorded seed, or `seed`) or
+    on the rig `launch` describes, in chunk mode at the recorded rate, and compare the path with the recording."""
     from robot.launch.config import DEFAULT_LAUNCH_FILE
     from robot.policy import ReplayPolicy
-    from robot.runner import Runner, RunnerConfig, SimScene
+    from robot.workcell import open_workcell, plan_workcell
 
     recorded = load_episode(root, index)
     if sim and recorded.task is None:
         raise ReplayError(f"the session files of {root} do not name episode {index}'s sim task")
-    seed = recorded.seed if seed is None else seed
-    args = argparse.Namespace(task=recorded.task or "replay", sim=sim, launch=launch or (DEFAULT_LAUNCH_FILE if sim
-                              else None), mode="chunk", max_episode_s=len(recorded.actions) / recorded.fps + 10.0,
-                              episodes=1, server=None, seed=seed or 0)
-    plan = plan_run(args)
-    cfg = RunnerConfig.model_validate({**plan.runner.model_dump(), "rate_hz": recorded.fps, "mode": "chunk"})
+    plan = plan_workcell(recorded.task or "replay", sim=sim, launch=launch or (DEFAULT_LAUNCH_FILE if sim else None),
+                         seed=(recorded.seed if seed is None else seed) or 0, episodes=1, mode="chunk",
+                         max_episode_s=len(recorded.actions) / recorded.fps + 10.0, rate_hz=recorded.fps)
+    cfg = plan.runner
     probe = PathProbe(round(1e9 / cfg.rate_hz))
     with contextlib.ExitStack() as stack:
-        cell, arm_cfg, cameras = open_devices(args, plan, stack)
-        arm = stack.enter_context(Arm(arm_cfg))
-        gripper = stack.enter_context(Gripper(GripperConfig(host=arm_cfg.host)))
-        scene = SimScene(cell, arm, gripper, seeds=[seed or 0]) if cell is not None else make_scene(args, cell, arm,
-                                                                                                  gripper)
-        estop, status = open_estop(plan, stack)  # a replay moves the arm: the launch file's e-stop holds it too
-        runner = Runner(cfg, plan.safety, arm=arm, gripper=gripper, cameras=cameras,
-                        policy=ReplayPolicy(recorded.actions, cfg.rate_hz, cfg.chunk_length), scene=scene,
-                        task=args.task, policy_name="replay", estop=estop, status=status, steps=probe)
+        cell = open_workcell(plan, stack)
+        cell.await_estop_console()  # a replay moves the arm: the launch file's e-stop holds it too
+        runner = cell.runner(ReplayPolicy(recorded.actions, cfg.rate_hz, cfg.chunk_length), "replay", steps=probe)
         stack.callback(runner.close)
         summary = runner.run(1)
     record = summary.episodes[0]

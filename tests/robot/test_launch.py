@@ -21,6 +21,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -254,8 +255,9 @@ def test_dv_robot_plumbs_the_key_and_the_override_to_the_remote_policy(tmp_path,
                               ({"allow_unauthenticated_remote": []}, None, True)):
         args = _run_args(server=["tcp://10.0.0.7:5555"], **extra)
         p = cli.plan_run(args)
+        cell = SimpleNamespace(sim=None, camera_sizes=lambda: {"static": (48, 64), "wrist": (48, 64)})
         with contextlib.ExitStack() as stack:
-            cli._policy(args, stack, p, {"static": (48, 64), "wrist": (48, 64)}, None)
+            cli._policy(p, cell, stack)
         assert seen["hello"][2:4] == (key, allow)
         assert seen["policy"]["key"] == key
         assert seen["policy"]["allow_unauthenticated_remote"] is allow
