@@ -38,6 +38,7 @@ from rich.text import Text
 from calibration.collect import CALIBRATION_DYNAMICS
 from calibration.handeye import CalibrationError, HandEyeResult, calibrate, pose_error
 from calibration.record import pose_numbers, stamped
+from robot.errors import UsageError  # bad arguments or an unusable launch file: exit 2 with the message
 
 console = Console(stderr=True, soft_wrap=True)  # messages name files: never wrap them
 
@@ -45,10 +46,6 @@ console = Console(stderr=True, soft_wrap=True)  # messages name files: never wra
 def _error(message: str) -> None:
     """In red, verbatim: messages quote YAML and field paths, whose brackets must not read as rich markup."""
     console.print(Text(message, style="red"))
-
-
-class UsageError(Exception):
-    """Bad arguments or an unusable launch file: exit 2 with the message."""
 
 
 def result_fragment(camera: str, result: HandEyeResult, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -124,7 +121,8 @@ def _measure(args: argparse.Namespace, config: Any) -> tuple[HandEyeResult, Any,
 
         from calibration.rig import collect_real
         from robot.cameras import CameraError
-        from robot.cli import ARM_CHECK, camera_check, opening
+        from robot.devices import ARM_CHECK, camera_check
+        from robot.errors import opening
 
         with opening(f"arm (FCI at {config.robot.arm.host})", ARM_CHECK, franky.Exception), \
                 opening(f"camera {args.camera!r}", camera_check(config.camera(args.camera)), CameraError):
@@ -197,7 +195,8 @@ def _intrinsics(args: argparse.Namespace) -> int:
 def _camera(config: Any, role: str) -> contextlib.AbstractContextManager[None]:
     """A camera that cannot be opened ends the command as one line naming it (exit 2)."""
     from robot.cameras import CameraError
-    from robot.cli import camera_check, opening
+    from robot.devices import camera_check
+    from robot.errors import opening
 
     return opening(f"camera {role!r}", camera_check(config.camera(role)), CameraError)
 
@@ -325,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             rule = "in (0, 1]" if name == "dynamics" else "positive"
             _error(f"dv-calib: --{name.replace('_', '-')} must be {rule}, got {value}")
             return 2
-    from robot.cli import DeviceUnavailable, announce_overrides
+    from robot.cli_support import announce_overrides
+    from robot.errors import DeviceUnavailable
 
     try:
         notes = overrides(_load(args.launch or getattr(args, "write_launch", None), args.sim))
