@@ -13,6 +13,7 @@ from rich.table import Table
 from bench import recorder as record_bench
 from bench import robot as robot_bench
 from bench import serve_latency
+from bench import train as train_bench
 from policy_server.cli.common import run_subcommand
 
 if TYPE_CHECKING:
@@ -89,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record", help="cost of writing one recorded tick per video codec, against the tick budget")
     record_bench.add_arguments(p)
     p.set_defaults(func=record_bench.command)
+
+    p = sub.add_parser("train", help="dv-train throughput: steps/s, samples/s, data share, peak RSS, vs today's loop")
+    train_bench.add_arguments(p)
+    p.set_defaults(func=train_bench.command)
     return parser
 
 

@@ -41,6 +41,21 @@ class CacheLike(Protocol):
     action: np.ndarray  # (F, 7) float32, robot units
 
 
+@dataclass
+class ArrayCache:
+    """A `CacheLike` made of arrays already at hand (synthetic data in benchmarks and tests, memory-mapped or not)."""
+
+    cameras: list[str]
+    instructions: list[str]
+    episodes: list[tuple[int, int]]
+    images: dict[str, np.ndarray]
+    depth: dict[str, np.ndarray] | None
+    tracks: dict[str, np.ndarray] | None
+    state: np.ndarray
+    action: np.ndarray
+    seeds: list[int | None]
+
+
 def shift_pads(cfg: ModelConfig) -> dict[str, int]:
     """Per-camera shift pad, scaled from the released 224-px numbers to `vision.image_size`.
 
@@ -135,19 +150,21 @@ class WindowReader:
 
     def __init__(self, caches: list[CacheLike], index: WindowIndex, cfg: ModelConfig, text_ids: list[np.ndarray],
                  scale: np.ndarray, *, augment: bool, pads: dict[str, int] | None = None,
-                 depth: bool = True, tracks: bool = True) -> None:
+                 depth: bool = True, tracks: bool = True, future_images: bool = True) -> None:
         self.caches, self.index, self.cfg, self.text_ids = caches, index, cfg, text_ids
         self.scale, self.augment = scale, augment
         self.pads = pads if pads is not None else shift_pads(cfg)
         # Targets are read only when every cache has them (a batch is all-or-none per key).
         self.depth = depth and all(c.depth is not None for c in caches)
         self.tracks = tracks and all(c.tracks is not None for c in caches)
+        self.future_images = future_images  # off: only the S input frames are read (no dynamic-region head)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def read(self, i: int, aug_seed: tuple[int, ...] = (0,)) -> dict[str, object]:
-        """Window i: images {cam: (S+F, R, R, 3) uint8}, state (S, 7), actions (S, K, 7) in model units, text ids;
+        """Window i: images {cam: (S+F, R, R, 3) uint8} (S frames without future images), state (S, 7), actions
+        (S, K, 7) in model units, text ids;
         when read: depth {cam: (S, R, R)} of frames t+F, tracks {cam: (S, P, 2)} of frames t."""
         cfg = self.cfg
         s, f, k = cfg.sequence_length, cfg.future_steps, cfg.action.chunk
@@ -164,10 +181,11 @@ class WindowReader:
         rng = np.random.default_rng(aug_seed) if self.augment else None
         images, depth, tracks = {}, {}, {}
         for cam in cfg.cameras:
-            frames = cache.images[cam][rows]  # (S+F, R, R, 3): one fancy-index read from the memmap
             shifts = rng.integers(0, 2 * self.pads[cam] + 1, size=(s + f, 2)) if rng is not None else None
+            n = s + f if self.future_images else s
+            frames = cache.images[cam][rows[:n]]  # (n, R, R, 3): one fancy-index read from the memmap
             if shifts is not None:
-                frames = shift_crop(frames, self.pads[cam], shifts)
+                frames = shift_crop(frames, self.pads[cam], shifts[:n])
             images[cam] = frames
             if self.depth:
                 future = np.asarray(cache.depth[cam][rows[f:]], dtype=np.float32)  # (S, R, R) frames t+F

@@ -105,15 +105,17 @@ def make_loader(reader: WindowReader, sampler: Sampler, *, workers: int, pin: bo
 
 def to_train_batch(raw: dict[str, object], cfg: ModelConfig, device: torch.device) -> TrainBatch:
     """Collated uint8/float tensors -> the model's TrainBatch on `device`: CLIP-normalised images split into the
-    S inputs and their t+F targets, depth as (B, S, 1, R, R), tracks as they are."""
+    S inputs and their t+F targets (when the window has them), depth as (B, S, 1, R, R), tracks as they are."""
     s, f, r = cfg.sequence_length, cfg.future_steps, cfg.vision.image_size
     nb = device.type == "cuda"
     images, future = {}, {}
     for cam, x in raw["images"].items():
-        x = x.to(device, non_blocking=nb)  # (B, S+F, R, R, 3) uint8: 4x fewer bytes than float on the way
-        b = x.shape[0]
-        norm = preprocess_images(x.flatten(0, 1), r).unflatten(0, (b, s + f))  # (B, S+F, 3, R, R)
-        images[cam], future[cam] = norm[:, :s], norm[:, f : f + s]
+        x = x.to(device, non_blocking=nb)  # (B, S[+F], R, R, 3) uint8: 4x fewer bytes than float on the way
+        b, n = x.shape[:2]
+        norm = preprocess_images(x.flatten(0, 1), r).unflatten(0, (b, n))  # (B, S[+F], 3, R, R)
+        images[cam] = norm[:, :s]
+        if n == s + f:
+            future[cam] = norm[:, f : f + s]
     depth = raw.get("depth")
     tracks = raw.get("tracks")
     return TrainBatch(
@@ -121,7 +123,7 @@ def to_train_batch(raw: dict[str, object], cfg: ModelConfig, device: torch.devic
         images=images,
         state=raw["state"].to(device, non_blocking=nb),
         actions=raw["actions"].to(device, non_blocking=nb),
-        future_images=future,
+        future_images=future or None,
         tracks={c: t.to(device, non_blocking=nb) for c, t in tracks.items()} if tracks else None,
         future_depth={c: d.to(device, non_blocking=nb).unsqueeze(2) for c, d in depth.items()} if depth else None,
     )

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from train_fakes import FakeCache, fake_cache
+from train_fakes import fake_cache
 
 from policy_server.model.config import preset
 from policy_server.training.data import (
+    ArrayCache,
     WindowReader,
     build_index,
     episode_windows,
@@ -24,14 +25,14 @@ CFG = preset("tiny")  # S = 4, F = 3, K = 3, 64 px
 SCALE = np.array([0.02] * 3 + [0.05] * 3 + [1.0], np.float32)
 
 
-def numbered_cache(lengths: list[int]) -> FakeCache:
+def numbered_cache(lengths: list[int]) -> ArrayCache:
     """Every array's row r holds the number r (images, depth, tracks, state); action row r is (r+1)/1000 in the
     six pose values (robot units, 1 mm per r) and gripper r % 2, so any mis-indexed read shows."""
     frames, r, p = sum(lengths), CFG.vision.image_size, (2 * CFG.vision.grid) ** 2
     rows = np.arange(frames)
     starts = np.cumsum([0, *lengths[:-1]])
     action = np.concatenate([np.repeat((rows[:, None] + 1) / 1000, 6, axis=1), (rows % 2)[:, None]], axis=1)
-    return FakeCache(
+    return ArrayCache(
         cameras=list(CFG.cameras), instructions=[f"task {i}" for i in range(len(lengths))],
         episodes=[(int(s), n) for s, n in zip(starts, lengths, strict=True)],
         images={c: np.broadcast_to(rows[:, None, None, None] % 256, (frames, r, r, 3)).astype(np.uint8)
@@ -43,7 +44,7 @@ def numbered_cache(lengths: list[int]) -> FakeCache:
     )
 
 
-def reader(cache: FakeCache, augment: bool = False) -> WindowReader:
+def reader(cache: ArrayCache, augment: bool = False) -> WindowReader:
     index = build_index([cache], {(0, e) for e in range(len(cache.episodes))}, CFG.sequence_length)
     text = [np.arange(len(cache.episodes))[:, None].repeat(CFG.text.context_length, 1)]
     return WindowReader([cache], index, CFG, text, SCALE, augment=augment)

@@ -6,28 +6,14 @@ own tests. Episodes show a bright square that moves with the commanded deltas, s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from policy_server.model.config import ModelConfig
-
-
-@dataclass
-class FakeCache:
-    cameras: list[str]
-    instructions: list[str]
-    episodes: list[tuple[int, int]]
-    images: dict[str, np.ndarray]
-    depth: dict[str, np.ndarray] | None
-    tracks: dict[str, np.ndarray] | None
-    state: np.ndarray
-    action: np.ndarray
-    seeds: list[int | None]
+from policy_server.training.data import ArrayCache
 
 
 def fake_cache(cfg: ModelConfig, lengths: list[int], *, instruction: str = "push the square", seed: int = 0,
-               depth: bool = True, tracks: bool = True) -> FakeCache:
+               depth: bool = True, tracks: bool = True) -> ArrayCache:
     rng = np.random.default_rng(seed)
     r, p = cfg.vision.image_size, (2 * cfg.vision.grid) ** 2
     frames = sum(lengths)
@@ -50,7 +36,7 @@ def fake_cache(cfg: ModelConfig, lengths: list[int], *, instruction: str = "push
                 images[c][row + i, y : y + 8, x : x + 8] = 220
             pos = pos + step
         row += length
-    return FakeCache(
+    return ArrayCache(
         cameras=list(cfg.cameras), instructions=[instruction] * len(lengths), episodes=episodes, images=images,
         depth={c: np.full((frames, r, r), 0.8, np.float16) for c in cfg.cameras} if depth else None,
         tracks={c: rng.normal(size=(frames, p, 2)).astype(np.float16) for c in cfg.cameras} if tracks else None,
@@ -58,6 +44,6 @@ def fake_cache(cfg: ModelConfig, lengths: list[int], *, instruction: str = "push
     )
 
 
-def fake_caches(cfg: ModelConfig) -> list[FakeCache]:
+def fake_caches(cfg: ModelConfig) -> list[ArrayCache]:
     """Two small tasks (the trainer's tests and their subprocesses build the same ones)."""
     return [fake_cache(cfg, [10] * 4, seed=0), fake_cache(cfg, [9] * 3, instruction="pull the square", seed=1)]
