@@ -99,6 +99,12 @@ def save_run_checkpoint(run: Path, step: int, model: DreamVLA, training: dict[st
     return final
 
 
+def remove_partial_checkpoints(run: Path) -> None:
+    """Delete checkpoints a killed run left half-written (never named by `latest`, never read)."""
+    for tmp in (run / "checkpoints").glob(".step_*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def latest_checkpoint(run: Path) -> Path | None:
     pointer = run / "checkpoints" / LATEST
     if not pointer.is_file():

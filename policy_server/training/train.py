@@ -40,6 +40,7 @@ from policy_server.training.state import (
     ResumeError,
     latest_checkpoint,
     load_training_state,
+    remove_partial_checkpoints,
     rng_state,
     save_run_checkpoint,
     set_rng_state,
@@ -230,7 +231,7 @@ def _train(caches: list[CacheLike], cfg: ModelConfig, run: Path, opts: TrainOpti
     ckpt = latest_checkpoint(run) if resume else None
     if resume and ckpt is None:
         raise ResumeError(f"--resume: {run} has no checkpoint to resume from")
-    if not resume and d.main and latest_checkpoint(run) is not None:
+    if not resume and latest_checkpoint(run) is not None:  # every rank raises: none waits for the others
         raise ValueError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     torch.manual_seed(opts.seed)
     model, norm, tokenizer = build_model(cfg, decoders=opts.decoders, init=init)
@@ -257,6 +258,7 @@ def _train(caches: list[CacheLike], cfg: ModelConfig, run: Path, opts: TrainOpti
     stop = min(opts.steps, opts.stop_at or opts.steps)
     if d.main and ckpt is not None:
         truncate_metrics(run, step)  # before the log opens: it rewrites the file
+        remove_partial_checkpoints(run)
     metrics = MetricsLog(run, tensorboard=opts.tensorboard) if d.main else None
     saved: Path | None = ckpt
 

@@ -109,3 +109,17 @@ def test_init_from_a_checkpoint_starts_from_its_weights(tmp_path, trained):
     for k, v in start.items():
         if not k.startswith("decoders."):
             torch.testing.assert_close(after[k], v, atol=1e-6, rtol=0)
+
+
+def test_the_evaluation_hook_gets_a_servable_checkpoint_every_n_steps(tmp_path):
+    """dv-eval plugs in here: called with a saved checkpoint directory and the step, its numbers are logged."""
+    calls = []
+
+    def evaluate(ckpt: Path, step: int) -> dict[str, float]:
+        calls.append((ckpt.name, step, read_meta(ckpt).model.name))
+        return {"success_rate": step / 10}
+
+    train(fake_caches(CFG), CFG, tmp_path / "run", options(steps=4, eval_every=2, save_every=100, decoders=False),
+          evaluate=evaluate)
+    assert calls == [("step_0000002", 2, "tiny"), ("step_0000004", 4, "tiny")]
+    assert [(r["step"], r["success_rate"]) for r in rows(tmp_path / "run", "eval")] == [(2, 0.2), (4, 0.4)]
