@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from calibration.handeye import BoardNotVisibleError, make_T
+from calibration.handeye import BoardNotVisibleError
+from robot.geometry import make_T
 
 MIN_CORNERS = 6
 

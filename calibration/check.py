@@ -13,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from calibration.handeye import pose_error
 from calibration.record import numbers_hash, pose_from_numbers
+from robot.geometry import pose_error
 from robot.launch.config import CalibratedPose, LaunchConfig
 
 Status = Literal["ok", "missing", "stale", "off"]

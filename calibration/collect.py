@@ -44,11 +44,9 @@ from calibration.handeye import (
     HandEyeSample,
     Mode,
     TooFewPosesError,
-    inv_T,
-    make_T,
-    pose_error,
 )
 from robot.estop.watchdog import Watchdog, halt
+from robot.geometry import inv_T, make_T, pose_error
 from robot.safety import SafetyConfig
 
 CALIBRATION_DYNAMICS = 0.1  # the bring-up ceiling: calibration never needs to be fast

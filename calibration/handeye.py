@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from robot.geometry import inv_T, make_T, pose_error
+
 Mode = Literal["eye_in_hand", "eye_to_base"]
 METHODS = ("tsai", "park", "horaud", "andreff", "daniilidis")
 MIN_POSES = 5
@@ -43,29 +45,6 @@ class TooFewPosesError(CalibrationError):
 
 class DegenerateMotionError(CalibrationError):
     pass
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def make_T(R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = np.asarray(t).reshape(3)
-    return T
-
-
-def inv_T(T: np.ndarray) -> np.ndarray:
-    R, t = T[:3, :3], T[:3, 3]
-    return make_T(R.T, -R.T @ t)
-
-
-def pose_error(T_est: np.ndarray, T_true: np.ndarray) -> tuple[float, float]:
-    """(translation error in metres, rotation error in degrees)."""
-    dt = float(np.linalg.norm(T_est[:3, 3] - T_true[:3, 3]))
-    dR = T_est[:3, :3].T @ T_true[:3, :3]
-    ang = float(np.degrees(np.linalg.norm(Rotation.from_matrix(dR).as_rotvec())))
-    return dt, ang
 
 
 # ---------------------------------------------------------------------------------------------- AX = XB

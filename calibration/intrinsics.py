@@ -18,8 +18,9 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from calibration.charuco import BoardSpec, detect, synthetic_observation
-from calibration.handeye import BoardNotVisibleError, CalibrationError, make_T
+from calibration.handeye import BoardNotVisibleError, CalibrationError
 from calibration.record import stamped
+from robot.geometry import make_T
 from robot.launch.config import LaunchConfig
 
 SIM_DEPTH_SCALE_M = 0.001  # the sim renders depth as uint16 millimetres

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from calibration.handeye import make_T
+from robot.geometry import make_T
 
 TOOL_DOWN = np.diag([1.0, -1.0, -1.0])  # franky's home orientation of `ee` in `base`
 

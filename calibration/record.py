@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from robot.geometry import make_T
+
 
 def utc_now_iso() -> str:
     """Now as ISO 8601 with the +00:00 offset, to the second."""
@@ -30,10 +32,7 @@ def pose_numbers(T: np.ndarray) -> dict[str, list[float]]:
 
 def pose_from_numbers(xyz: Any, quat_xyzw: Any) -> np.ndarray:
     """The inverse of `pose_numbers`."""
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(np.asarray(quat_xyzw, float)).as_matrix()
-    T[:3, 3] = np.asarray(xyz, float)
-    return T
+    return make_T(Rotation.from_quat(np.asarray(quat_xyzw, float)).as_matrix(), xyz)
 
 
 def stamped(numbers: dict[str, Any], **extra: Any) -> dict[str, Any]:

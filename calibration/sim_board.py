@@ -25,8 +25,9 @@ from scipy.spatial.transform import Rotation
 
 from calibration.charuco import BoardSpec, camera_matrix, synthetic_observation
 from calibration.collect import CALIBRATION_DYNAMICS, Collection, check_pose, collect
-from calibration.handeye import MIN_POSES, HandEyeSample, Mode, inv_T, make_T
+from calibration.handeye import MIN_POSES, HandEyeSample, Mode
 from calibration.poses import generate_poses
+from robot.geometry import inv_T, make_T
 from robot.safety import SafetyConfig
 
 # wrist: a 1 mm board flat on the table in front of the robot, print up (board x = base x, y = -base y)

@@ -11,6 +11,9 @@ Panda and FR3 share these parameters; only their joint limits differ.
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.transform import Rotation
+
+from robot.geometry import make_T
 
 # (7,) per joint: a, d (metres), alpha (radians)
 DH_A = np.array([0.0, 0.0, 0.0, 0.0825, -0.0825, 0.0, 0.088])
@@ -30,10 +33,8 @@ def _dh(a: float, d: float, alpha: float, theta: float) -> np.ndarray:
                      [0.0, 0.0, 0.0, 1.0]])
 
 
-_F_T_EE = np.array([[np.cos(TCP_YAW), -np.sin(TCP_YAW), 0.0, 0.0],
-                    [np.sin(TCP_YAW), np.cos(TCP_YAW), 0.0, 0.0],
-                    [0.0, 0.0, 1.0, FLANGE_D + TCP_Z],  # flange then TCP: both along the same z
-                    [0.0, 0.0, 0.0, 1.0]])  # joint-7 frame -> ee (the flange adds no rotation)
+# joint-7 frame -> ee: the flange adds no rotation, then the TCP turns about and moves along the same z
+_F_T_EE = make_T(Rotation.from_euler("z", TCP_YAW).as_matrix(), [0.0, 0.0, FLANGE_D + TCP_Z])
 
 
 def joint_frames(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from robot.cameras.base import Camera, CameraConfig, CameraError, Frame, register_camera
+from robot.geometry import inv_T, make_T
 from robot.sim import scene
 from robot.sim.render import (
     CameraRenderer,
@@ -53,9 +54,7 @@ def mount_pose(model: mujoco.MjModel, cam_id: int, hand_body: str) -> tuple[Lite
         body = int(model.body_parentid[body])
     if body == 0:
         return "base", T  # the robot sits at the world origin, so world = base
-    T_hand_ee = np.eye(4)
-    T_hand_ee[:3, 3] = scene.TCP_IN_HAND
-    return "ee", np.linalg.inv(T_hand_ee) @ T
+    return "ee", inv_T(make_T(np.eye(3), scene.TCP_IN_HAND)) @ T  # T_ee_hand · T_hand_cam
 
 
 @register_camera(SimCameraConfig)

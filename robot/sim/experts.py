@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy.spatial.transform import Rotation
 
+from robot.geometry import make_T
 from robot.policy import ScriptedPolicy
 from robot.runner.config import RunnerConfig
 from robot.safety import SafetyConfig
@@ -65,10 +66,7 @@ def top_down(position: np.ndarray, finger_axis: np.ndarray) -> np.ndarray:
     if y[1] > 0 or (y[1] == 0 and y[0] < 0):
         y = -y
     z = np.array([0.0, 0.0, -1.0])
-    T = np.eye(4)
-    T[:3, :3] = np.column_stack([np.cross(y, z), y, z])
-    T[:3, 3] = position
-    return T
+    return make_T(np.column_stack([np.cross(y, z), y, z]), position)
 
 
 def _offset(T: np.ndarray, dz: float = 0.0, along: np.ndarray | None = None, dist: float = 0.0) -> np.ndarray:

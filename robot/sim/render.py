@@ -26,6 +26,7 @@ import mujoco
 import numpy as np
 
 from robot.cameras.base import Intrinsics
+from robot.geometry import make_T
 
 
 def _gl_context_class() -> Any:
@@ -69,12 +70,9 @@ _MJCAM_T_OPTICAL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 def pose_matrix(quat_wxyz: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """A MuJoCo (w, x, y, z) quaternion and position as a 4x4 transform."""
-    T = np.eye(4)
     mat = np.zeros(9)
     mujoco.mju_quat2Mat(mat, quat_wxyz)
-    T[:3, :3] = mat.reshape(3, 3)
-    T[:3, 3] = pos
-    return T
+    return make_T(mat.reshape(3, 3), pos)
 
 
 def camera_pose_in_body(model: mujoco.MjModel, cam_id: int) -> np.ndarray:

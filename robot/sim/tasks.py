@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
+from robot.geometry import inv_T, make_T
 from robot.sim.scene import BASKET_INNER_HALF, BASKET_WALL_TOP, GRASPABLES
 
 LIFT_SUCCESS_M = 0.05
@@ -60,11 +62,7 @@ class Placement:
     z: float = 0.0
 
     def matrix(self) -> np.ndarray:
-        c, s = math.cos(self.yaw), math.sin(self.yaw)
-        T = np.eye(4)
-        T[:3, :3] = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]
-        T[:3, 3] = (self.x, self.y, self.z)
-        return T
+        return make_T(Rotation.from_euler("z", self.yaw).as_matrix(), (self.x, self.y, self.z))
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ def sample_layout(task: TaskSpec, rng: np.random.Generator) -> Layout:
 
 def in_basket(T_base_obj: np.ndarray, T_base_basket: np.ndarray) -> bool:
     """The object's frame is inside the basket's inner volume (below the rim, with 2 cm of slack above it)."""
-    p = np.linalg.inv(T_base_basket) @ T_base_obj[:, 3]
+    p = inv_T(T_base_basket) @ T_base_obj[:, 3]
     return bool(abs(p[0]) < BASKET_INNER_HALF and abs(p[1]) < BASKET_INNER_HALF and 0.0 < p[2] < BASKET_WALL_TOP + 0.02)
 
 

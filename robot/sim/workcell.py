@@ -37,6 +37,7 @@ from franky_sim.franka_server import FrankaServer
 from franky_sim.mujoco_simulator import FrankaMujocoRobot, MujocoSimulator
 
 from robot.cameras.sim import SimCamera, SimCameraConfig
+from robot.geometry import make_T
 from robot.sim import scene
 from robot.sim.render import SimulationStopped
 from robot.sim.tasks import Layout, SceneState, TaskSpec, get_task, is_success, sample_layout
@@ -54,13 +55,6 @@ def current_workcell() -> SimWorkcell:
 def default_cameras() -> list[SimCameraConfig]:
     """The real rig: a static third-person D415 and a wrist D415."""
     return [SimCameraConfig(name="static"), SimCameraConfig(name="wrist")]
-
-
-def _pose(pos: np.ndarray, mat: np.ndarray) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :3] = mat.reshape(3, 3)
-    T[:3, 3] = pos
-    return T
 
 
 class SimWorkcell:
@@ -312,11 +306,12 @@ class SimWorkcell:
             d = self._query_data
             self.copy_state(d)
             mujoco.mj_forward(self.model, d)
-            poses = {name: _pose(d.xpos[b], d.xmat[b]) for name, b in self._bodies.items()}
+            poses = {name: make_T(d.xmat[b].reshape(3, 3), d.xpos[b]) for name, b in self._bodies.items()}
             opening = None
             if self._drawer_qadr is not None:
                 opening = float(d.qpos[self._drawer_qadr])
-                poses["drawer_handle"] = _pose(d.site_xpos[self._handle_site], d.site_xmat[self._handle_site])
+                site = self._handle_site
+                poses["drawer_handle"] = make_T(d.site_xmat[site].reshape(3, 3), d.site_xpos[site])
             in_hand = self._held_objects(d)
             return SceneState(
                 time_s=float(d.time),

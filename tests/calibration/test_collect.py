@@ -14,8 +14,9 @@ from scipy.spatial.transform import Rotation
 
 from calibration.charuco import BoardSpec, camera_matrix
 from calibration.collect import CollectionAborted, check_pose, collect, pivot_point, poses_around
-from calibration.handeye import TooFewPosesError, make_T
+from calibration.handeye import TooFewPosesError
 from calibration.poses import TOOL_DOWN
+from robot.geometry import make_T
 from robot.safety import SafetyConfig
 
 SAFETY = SafetyConfig()
@@ -290,8 +291,8 @@ def rig(request, tmp_path, monkeypatch):
 def test_real_rig_handeye_and_check_through_the_cli(rig, tmp_path, monkeypatch, capsys):
     from calibration import rig as rig_module
     from calibration.cli import main
-    from calibration.handeye import pose_error
     from calibration.record import pose_from_numbers
+    from robot.geometry import pose_error
     from robot.launch.config import load_launch_config
 
     camera, rig = rig

@@ -16,11 +16,9 @@ from calibration.handeye import (
     HandEyeSample,
     TooFewPosesError,
     calibrate,
-    inv_T,
-    make_T,
-    pose_error,
 )
 from calibration.poses import generate_poses
+from robot.geometry import inv_T, make_T, pose_error
 from robot.safety import SafetyConfig
 
 K = camera_matrix(615.57, 615.57, 319.5, 239.5)
