@@ -38,8 +38,8 @@ from rich.text import Text
 from calibration.collect import CALIBRATION_DYNAMICS
 from calibration.handeye import CalibrationError, HandEyeResult, calibrate
 from calibration.record import pose_numbers, stamped
-from robot.geometry import pose_error
 from robot.errors import UsageError  # bad arguments or an unusable launch file: exit 2 with the message
+from robot.geometry import pose_error
 
 console = Console(stderr=True, soft_wrap=True)  # messages name files: never wrap them
 
