@@ -59,7 +59,8 @@ def mount_pose(model: mujoco.MjModel, cam_id: int, hand_body: str) -> tuple[Lite
 
 @register_camera(SimCameraConfig)
 class SimCamera(Camera):
-    """Renders `config.name` from `source` (default: the running `SimWorkcell`) at `config.fps`."""
+    """Renders `config.name` from `source` (the `SimWorkcell` that builds it) at `config.fps`. The source is always
+    passed in: nothing in the process knows "the" running workcell, so two workcells never mix cameras."""
 
     config: SimCameraConfig
 
@@ -68,9 +69,8 @@ class SimCamera(Camera):
             config = SimCameraConfig.model_validate(config.model_dump())
         super().__init__(config)
         if source is None:
-            from robot.sim.workcell import current_workcell  # the workcell imports this module
-
-            source = current_workcell()
+            raise CameraError(f"sim camera {config.name!r} needs the workcell it renders: build it with "
+                              "SimCamera(config, source=cell), or list it in SimWorkcell(cameras=...)")
         self._source = source
         model = source.model
         self._cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, config.name)

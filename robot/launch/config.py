@@ -39,7 +39,7 @@ from robot.launch.files import DEFAULT_LAUNCH_FILE as DEFAULT_LAUNCH_FILE  # re-
 from robot.launch.files import LaunchFileError, resolve_launch_file
 from robot.runner.config import RunnerConfig
 from robot.safety import SafetyConfig
-from robot.sim.tasks import TASKS
+from robot.tasks import TASKS
 
 CAMERA_ROLES = ("static", "wrist")
 QUATERNION_NORM_TOL = 1e-3  # docs/safety.md, A2: |‖q‖ − 1| < 1e-3

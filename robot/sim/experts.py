@@ -33,8 +33,9 @@ from robot.policy import ScriptedPolicy
 from robot.runner.config import RunnerConfig
 from robot.safety import SafetyConfig
 from robot.sim import scene
-from robot.sim.tasks import TASKS, SceneState, TaskSpec
+from robot.sim.tasks import SceneState
 from robot.sim.workcell import SimWorkcell
+from robot.tasks import TASKS, TaskSpec
 
 GRASP_FORCE_N = 40.0
 GRIPPER_SPEED = 0.05  # m/s, the Franka hand's maximum (franky-sim clamps to it)

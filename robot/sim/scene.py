@@ -21,8 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# A standard FR3 "ready" pose: TCP ~0.31 m in front of the base, 0.49 m above the table, pointing down.
-HOME_Q: tuple[float, ...] = (0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4)
 ROBOT_PREFIX = "robot0_"  # franky-sim prefixes the names of its first robot
 HAND_BODY = f"{ROBOT_PREFIX}hand"
 TCP_IN_HAND = np.array([0.0, 0.0, 0.1034])  # franky-sim's default F_T_EE (the hand body shares its rotation)

@@ -1,4 +1,4 @@
-"""The six real-robot tasks of the DreamVLA paper (§4.3, Table 2): what is on the table, how it is placed, and success.
+"""The sim side of the six tasks (`robot.tasks`): how their objects are placed on the table, and success.
 
 Success criteria follow the paper: a pick succeeds when the object is grasped (touching both fingers) and lifted
 (its frame more than 5 cm above where it rested); a place succeeds when the object lies inside the basket; a
@@ -17,39 +17,11 @@ from scipy.spatial.transform import Rotation
 
 from robot.geometry import inv_T, make_T
 from robot.sim.scene import BASKET_INNER_HALF, BASKET_WALL_TOP, GRASPABLES
+from robot.tasks import TaskSpec
 
 LIFT_SUCCESS_M = 0.05
 DRAWER_OPEN_SUCCESS_M = 0.10
 DRAWER_CLOSED_TOL_M = 0.01
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A task: its scene objects, the instruction given to the policy, and which object it is about."""
-
-    name: str
-    instruction: str
-    objects: tuple[str, ...]
-    target: str
-
-
-TASKS: dict[str, TaskSpec] = {
-    t.name: t
-    for t in (
-        TaskSpec("pick_bottle", "pick up the bottle", ("bottle",), "bottle"),
-        TaskSpec("pick_doll", "pick up the doll", ("doll",), "doll"),
-        TaskSpec("place_banana", "put the banana in the basket", ("banana", "basket"), "banana"),
-        TaskSpec("place_chili", "put the chili in the basket", ("chili", "basket"), "chili"),
-        TaskSpec("drawer_open", "open the drawer", ("cabinet",), "drawer"),
-        TaskSpec("drawer_close", "close the drawer", ("cabinet",), "drawer"),
-    )
-}
-
-
-def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    return TASKS[name]
 
 
 @dataclass(frozen=True)

@@ -40,16 +40,8 @@ from robot.cameras.sim import SimCamera, SimCameraConfig
 from robot.geometry import make_T
 from robot.sim import scene
 from robot.sim.render import SimulationStopped
-from robot.sim.tasks import Layout, SceneState, TaskSpec, get_task, is_success, sample_layout
-
-_ACTIVE: list[SimWorkcell] = []
-
-
-def current_workcell() -> SimWorkcell:
-    """The most recently entered, still open workcell of this process (what `make_camera` uses for sim)."""
-    if not _ACTIVE:
-        raise RuntimeError("no SimWorkcell is running in this process; enter one before creating sim cameras")
-    return _ACTIVE[-1]
+from robot.sim.tasks import Layout, SceneState, is_success, sample_layout
+from robot.tasks import HOME_Q, TaskSpec, get_task
 
 
 def default_cameras() -> list[SimCameraConfig]:
@@ -92,7 +84,7 @@ class SimWorkcell:
         sim.init()
         self._sim = sim
         try:
-            self._robot = sim.add_robot(initial_q=scene.HOME_Q, initial_hand_width=scene.HAND_OPEN_WIDTH)
+            self._robot = sim.add_robot(initial_q=HOME_Q, initial_hand_width=scene.HAND_OPEN_WIDTH)
             self._build_scene(sim)
             self._server = SimulationServer(sim, hostname_candidates=LocalHostnames())
             self._server.init()  # binds the first free 127.x.y.z and compiles the model
@@ -104,7 +96,6 @@ class SimWorkcell:
             self._physics_thread.start()
             self._query_data = mujoco.MjData(self.model)
             self.cameras = {cfg.name: SimCamera(cfg, source=self) for cfg in self._camera_configs}
-            _ACTIVE.append(self)
             self.reset(self._seed)
         except BaseException:
             self.close()
@@ -120,8 +111,6 @@ class SimWorkcell:
         """Stop cameras, physics and the server; safe to call twice."""
         for camera in self.cameras.values():
             camera.disconnect()
-        if self in _ACTIVE:
-            _ACTIVE.remove(self)
         self._running.clear()
         if self._physics_thread is not None:
             self._physics_thread.join()
@@ -236,7 +225,7 @@ class SimWorkcell:
         d = sim.data
         d.qvel[:] = 0.0
         d.qacc_warmstart[:] = 0.0
-        d.qpos[self._arm_qadr] = scene.HOME_Q
+        d.qpos[self._arm_qadr] = HOME_Q
         d.qpos[self._finger_qadr] = scene.HAND_OPEN_WIDTH / 2
         for name, placement in layout.placements.items():
             T = placement.matrix()

@@ -39,7 +39,7 @@ from robot.runner import OperatorScene, Runner, RunnerConfig, RunSummary, SimSce
 from robot.safety import SafetyConfig
 
 pytest.importorskip("franky_sim")
-from robot.sim.scene import HOME_Q  # noqa: E402 - needs franky-sim's MuJoCo
+from robot.tasks import HOME_Q  # noqa: E402 - after the skip
 
 LOOPBACK = "tcp://127.0.0.1:*"
 REST_S = 0.5  # E1/S2: the arm at rest within 500 ms

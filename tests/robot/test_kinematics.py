@@ -19,7 +19,7 @@ from scipy.spatial.transform import Rotation
 
 from robot.kinematics import condition_number, dls_step, fk, jacobian
 from robot.safety.config import FR3_Q_MAX, FR3_Q_MIN
-from robot.sim.scene import HOME_Q
+from robot.tasks import HOME_Q
 
 Q_LO, Q_HI = np.array(FR3_Q_MIN), np.array(FR3_Q_MAX)
 

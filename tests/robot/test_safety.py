@@ -19,7 +19,7 @@ from scipy.spatial.transform import Rotation
 
 from robot.kinematics import condition_number, fk, jacobian
 from robot.safety import Interventions, Rejection, SafetyConfig, SafetyEnvelope
-from robot.sim.scene import HOME_Q
+from robot.tasks import HOME_Q
 
 DT = 1 / 15
 CFG = SafetyConfig()

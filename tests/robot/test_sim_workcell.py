@@ -14,11 +14,12 @@ import franky
 import numpy as np
 import pytest
 
-from robot.cameras.base import make_camera
+from robot.cameras.base import CameraError, make_camera
 from robot.cameras.sim import SimCamera, SimCameraConfig
 from robot.sim import experts, scene
-from robot.sim.tasks import TASKS, SceneState, get_task, sample_layout
+from robot.sim.tasks import SceneState, sample_layout
 from robot.sim.workcell import SimWorkcell
+from robot.tasks import TASKS, get_task
 
 EXPERT_SEEDS = {
     "pick_bottle": 0,
@@ -130,9 +131,12 @@ def test_cameras_deliver_aligned_colour_and_depth_with_ground_truth_poses() -> N
         del robot
 
 
-def test_make_camera_builds_a_sim_camera_for_the_running_workcell() -> None:
+def test_a_sim_camera_renders_the_workcell_it_is_given() -> None:
+    """No process-global workcell: a sim camera is built with its source; without one `make_camera` says how."""
     with SimWorkcell(task="drawer_open", seed=0, cameras=[]) as cell:
-        cam = make_camera(SimCameraConfig(name="wrist", width=320, height=240))
+        with pytest.raises(CameraError, match=r"sim camera 'wrist' needs the workcell it renders"):
+            make_camera(SimCameraConfig(name="wrist"))
+        cam = SimCamera(SimCameraConfig(name="wrist", width=320, height=240), source=cell)
         assert isinstance(cam, SimCamera)
         with cam:
             frame = cam.read(timeout_s=1.0)
