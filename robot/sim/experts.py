@@ -1,6 +1,7 @@
-"""Scripted experts for the six workcell tasks, and the script that measures them.
+"""Scripted experts for the six workcell tasks.
 
-An expert is two parts, so the same plans serve the runner (`--policy scripted`) and the demo recorder:
+An expert is two parts, so the same plans serve the runner (`dv-robot --policy scripted`) and the demo recorder
+(`dv-teleop record --device scripted`, and the sim's scripted hand for hand-guiding):
 - a *plan*: top-down waypoints (T_base_ee target + gripper open/closed) computed once from the object poses the
   sim reports at the start of the episode (`plan_task`);
 - a *stepper* (`ScriptedExpert.act`) that turns the plan into one Cartesian target per control tick, moving the
@@ -8,24 +9,17 @@ An expert is two parts, so the same plans serve the runner (`--policy scripted`)
   docs/conventions.md, 0.02 m and 0.05 rad per unit, and under the safety envelope's 0.25 m/s default), and waiting
   at waypoints the measured pose must reach before the gripper acts.
 
-`run_episode` drives the stepper through the real franky client at the control rate: each tick an asynchronous
-`CartesianMotion` takes over the previous one (franky re-plans with Ruckig, as the Arm driver streams targets),
-and gripper commands are asynchronous too, so the arm stream never waits on the gripper.
-
-    python -m robot.sim.experts --task all --seeds 20
+An expert episode runs one way only: `scripted_policy` makes the stepper a loop `Policy`, and the `Runner` drives
+it through the safety envelope, the gripper hysteresis and the e-stop like any other policy. The success rate per
+task: `dv-robot run TASK --sim --policy scripted --episodes 20`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
 from dataclasses import dataclass
 
-import franky
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 from scipy.spatial.transform import Rotation
 
 from robot.geometry import make_T
@@ -35,10 +29,8 @@ from robot.safety import SafetyConfig
 from robot.sim import scene
 from robot.sim.tasks import SceneState
 from robot.sim.workcell import SimWorkcell
-from robot.tasks import TASKS, TaskSpec
+from robot.tasks import TaskSpec
 
-GRASP_FORCE_N = 40.0
-GRIPPER_SPEED = 0.05  # m/s, the Franka hand's maximum (franky-sim clamps to it)
 APPROACH_HEIGHT = 0.12  # above the grasp point, before descending
 LIFT_HEIGHT = 0.15
 # franky-sim moves each finger at up to 50 mm/s (≤ 0.4 s to close from 80 mm); the rest of the dwell lets the grip
@@ -238,115 +230,3 @@ def scripted_policy(cell: SimWorkcell, runner: RunnerConfig, safety: SafetyConfi
     return ScriptedPolicy(lambda T0: ScriptedExpert(plan_task(cell.task, cell.state()), T0, rate_hz=runner.rate_hz,
                                                     max_speed=speed, max_angular_speed=turn),
                           runner.rate_hz, runner.chunk_length)
-
-
-@dataclass(frozen=True)
-class EpisodeResult:
-    success: bool
-    wall_s: float
-    sim_s: float
-    steps: int
-
-
-class _GripperDriver:
-    """Issues open/close asynchronously, one command at a time (franky-sim answers only the newest one)."""
-
-    def __init__(self, gripper: franky.Gripper) -> None:
-        self._gripper = gripper
-        self._future: franky.BoolFuture | None = None
-        self._open = True
-
-    def reset(self) -> None:
-        """The workcell reset opened the hand; wait out any command still in flight."""
-        if self._future is not None:
-            self._future.wait(3.0)
-        self._future = None
-        self._open = True
-
-    def command(self, want_open: bool) -> None:
-        if want_open == self._open or (self._future is not None and not self._future.wait(0.0)):
-            return
-        if want_open:
-            self._future = self._gripper.move_async(scene.HAND_OPEN_WIDTH, GRIPPER_SPEED)
-        else:
-            # Width 0 with a force limit: the fingers stop on whatever they hold; eps accepts any width.
-            self._future = self._gripper.grasp_async(0.0, GRIPPER_SPEED, GRASP_FORCE_N, 0.1, 0.1)
-        self._open = want_open
-
-
-def _ee_pose(robot: franky.Robot) -> np.ndarray:
-    return np.asarray(robot.current_cartesian_state.pose.end_effector_pose.matrix)
-
-
-def run_episode(
-    cell: SimWorkcell,
-    robot: franky.Robot,
-    gripper: franky.Gripper,
-    rate_hz: float = 15.0,
-    timeout_s: float = 40.0,
-) -> EpisodeResult:
-    """Run the task's expert once from the current (freshly reset) state; success from the sim predicate."""
-    driver = _GripperDriver(gripper)
-    driver.reset()
-    expert = ScriptedExpert(plan_task(cell.task, cell.state()), _ee_pose(robot), rate_hz=rate_hz)
-    t0, sim0 = time.monotonic(), cell.sim_time
-    period, steps = 1.0 / rate_hz, 0
-    next_tick = t0
-    while not expert.done and time.monotonic() - t0 < timeout_s:
-        T, want_open = expert.act(_ee_pose(robot))
-        robot.move(franky.CartesianMotion(franky.Affine(T)), asynchronous=True)
-        driver.command(want_open)
-        steps += 1
-        next_tick += period
-        time.sleep(max(0.0, next_tick - time.monotonic()))
-    robot.join_motion(timeout=5.0)
-    driver.reset()
-    return EpisodeResult(cell.success(), time.monotonic() - t0, cell.sim_time - sim0, steps)
-
-
-def connect(cell: SimWorkcell, dynamics: float = 0.2) -> tuple[franky.Robot, franky.Gripper]:
-    """franky clients for the workcell (no real-time kernel in sim)."""
-    robot = franky.Robot(cell.hostname, realtime_config=franky.RealtimeConfig.Ignore)
-    robot.relative_dynamics_factor = dynamics
-    return robot, franky.Gripper(cell.hostname)
-
-
-def evaluate(task: str, seeds: list[int], console: Console) -> list[EpisodeResult]:
-    """Run the expert on each seed of one task in a single workcell (reset between episodes)."""
-    results = []
-    with SimWorkcell(task=task, seed=seeds[0], cameras=[]) as cell:
-        robot, gripper = connect(cell)
-        for seed in seeds:
-            cell.reset(seed)
-            r = run_episode(cell, robot, gripper)
-            results.append(r)
-            mark = "[green]ok[/green]" if r.success else "[red]FAIL[/red]"
-            timing = f"{r.wall_s:5.1f} s wall, {r.sim_s:5.1f} s sim, {r.steps} steps"
-            console.print(f"{task} seed {seed:3d}: {mark}  {timing}")
-    return results
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Success rate of the scripted experts in the sim workcell.")
-    parser.add_argument("--task", default="all", choices=["all", *TASKS], help="task to run (default: all six)")
-    parser.add_argument("--seeds", type=int, default=20, help="episodes per task, seeds 0..N-1")
-    parser.add_argument("--first-seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    console = Console()
-    tasks = list(TASKS) if args.task == "all" else [args.task]
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    table = Table(title=f"scripted experts, {len(seeds)} seeds per task")
-    for column in ("task", "success", "rate", "wall s / episode", "sim s / episode"):
-        table.add_column(column, justify="left" if column == "task" else "right")
-    for task in tasks:
-        results = evaluate(task, seeds, console)
-        n_ok = sum(r.success for r in results)
-        table.add_row(
-            task, f"{n_ok}/{len(results)}", f"{n_ok / len(results):.0%}",
-            f"{np.mean([r.wall_s for r in results]):.1f}", f"{np.mean([r.sim_s for r in results]):.1f}",
-        )
-    console.print(table)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,13 +1,15 @@
 """The sim workcell against the real franky client: layouts, success predicates, experts, cameras.
 
-Each expert test runs one seeded episode per task (the 20-seed success rates come from
-`python -m robot.sim.experts --seeds 20`, not from CI). Camera tests check the ground truth the calibration
-work relies on: a known 3D point, projected with `intrinsics` and the camera pose, lands on a pixel whose
-depth and colour are those of the point.
+Each expert test runs one seeded episode per task through the `Runner` (the 20-seed success rates come from
+`dv-robot run TASK --sim --policy scripted --episodes 20`, not from CI). Camera tests check the ground truth the
+calibration work relies on: a known 3D point, projected with `intrinsics` and the camera pose, lands on a pixel
+whose depth and colour are those of the point.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 
 import franky
@@ -20,6 +22,7 @@ from robot.sim import experts, scene
 from robot.sim.tasks import SceneState, sample_layout
 from robot.sim.workcell import SimWorkcell
 from robot.tasks import TASKS, get_task
+from robot.workcell import open_workcell, plan_workcell
 
 EXPERT_SEEDS = {
     "pick_bottle": 0,
@@ -69,25 +72,32 @@ def test_expert_targets_stay_within_the_action_scale() -> None:
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
-def test_expert_solves_task_through_franky(task: str) -> None:
+def test_expert_solves_task_through_the_runner(task: str) -> None:
+    """The one way an expert episode runs: the scripted policy through the `Runner` (envelope, gripper, real franky
+    client) on the workcell `dv-robot run TASK --sim --policy scripted` opens, here without cameras."""
     seed = EXPERT_SEEDS[task]
-    with SimWorkcell(task=task, seed=seed, cameras=[]) as cell:
-        robot, gripper = experts.connect(cell)
-        home = _ee_pose(robot)
-        poses = cell.object_poses()
-        assert cell.layout is not None
-        for name, placement in cell.layout.placements.items():
+    plan = dataclasses.replace(plan_workcell(task, sim=True, seed=seed), cameras=())
+    with contextlib.ExitStack() as stack:
+        cell = open_workcell(plan, stack)
+        sim = cell.sim
+        assert sim is not None and sim.layout is not None
+        home = cell.arm.read_state().T_base_ee
+        poses = sim.object_poses()
+        for name, placement in sim.layout.placements.items():
             np.testing.assert_allclose(poses[name][:3, 3], (placement.x, placement.y, placement.z), atol=0.005)
-        assert not cell.success(), "nothing may count as success before the robot acts"
+        assert not sim.success(), "nothing may count as success before the robot acts"
 
-        result = experts.run_episode(cell, robot, gripper)
-        assert result.success, f"{task} seed {seed} failed after {result.sim_s:.1f} s"
-        assert result.sim_s == pytest.approx(result.wall_s, rel=0.25), "physics fell behind the wall clock"
+        runner = cell.runner(experts.scripted_policy(sim, plan.runner, plan.safety), "scripted")
+        stack.callback(runner.close)
+        t0, sim0 = time.monotonic(), sim.sim_time
+        record = runner.run(1).episodes[0]
+        wall_s, sim_s = time.monotonic() - t0, sim.sim_time - sim0
+        assert record.success, f"{task} seed {seed} failed ({record.outcome}) after {sim_s:.1f} s"
+        assert sim_s == pytest.approx(wall_s, rel=0.25), "physics fell behind the wall clock"
 
-        cell.reset(seed)
-        assert not cell.success()
-        np.testing.assert_allclose(_ee_pose(robot), home, atol=2e-3)
-        del robot, gripper
+        sim.reset(seed)
+        assert not sim.success()
+        np.testing.assert_allclose(cell.arm.read_state().T_base_ee, home, atol=2e-3)
 
 
 def _project(cam: SimCamera, T_base_cam: np.ndarray, point: np.ndarray) -> tuple[int, int, float]:
