@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from robot.launch.config import LaunchConfigError, load_launch_config
+from robot.launch.files import LaunchFileError, writable_launch_file
 
 _KEY = re.compile(r"^calibration\s*:(?P<rest>.*)$")
 _COMMENT = re.compile(r"\s#.*$")
@@ -73,7 +74,10 @@ def write_calibration(path: str | Path, updates: dict[str, Any]) -> None:
     Raises `LaunchWriteError` (file untouched) when the file is unreadable or invalid as it stands, or when the
     result would not load.
     """
-    path = Path(path)
+    try:
+        path = writable_launch_file(path)  # a name such as `sim` means the packaged file, which may be pip's copy
+    except LaunchFileError as e:
+        raise LaunchWriteError(str(e)) from None
     try:
         load_launch_config(path)
     except LaunchConfigError as e:
