@@ -126,8 +126,11 @@ def depth_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> tor
     if not valid.any():
         return pred.sum() * 0.0
     if cfg.depth_loss == "silog":
-        g = torch.log(target[valid] + 1e-6) - torch.log(pred[valid] + 1e-6)
-        return torch.sqrt((g**2).mean() - cfg.silog_lambda * g.mean() ** 2)
+        # Holes are set to 1 in both maps (g = 0 there) rather than gathered out: boolean indexing (nonzero +
+        # index, forward and backward) cost ~4x the whole loss on CPU (`dv-bench train --profile`).
+        n = valid.sum()
+        g = torch.log(torch.where(valid, target, 1.0) + 1e-6) - torch.log(torch.where(valid, pred, 1.0) + 1e-6)
+        return torch.sqrt((g**2).sum() / n - cfg.silog_lambda * (g.sum() / n) ** 2)
     w = valid.to(pred.dtype)
     per_image = lambda d: (d * w).sum(dim=(1, 2, 3), keepdim=True) / w.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)  # noqa: E731
     scale = lambda d: d / per_image(d).clamp_min(1e-6)  # noqa: E731
