@@ -248,6 +248,10 @@ def _train(caches: list[CacheLike], cfg: ModelConfig, run: Path, opts: TrainOpti
         state = load_training_state(ckpt)
         step = _restore(model, optimizer, scheduler, ema, ckpt, state)
         log.info("resuming %s at step %d", ckpt, step)
+        now = {"seed": opts.seed, "global_batch": shard.global_batch}
+        if state.get("data") != now:
+            log.warning("resuming with %s where the run had %s: the data order changes from here on (the run "
+                        "continues, but not bit for bit)", now, state.get("data"))
     untaught = opts.decoders and bool(set(cfg.dream) - supplied_targets(data.train))
     net: torch.nn.Module = model
     if d.enabled:
