@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,6 +215,29 @@ def validate(model: DreamVLA, reader: WindowReader, opts: TrainOptions, device: 
     return {f"loss/{k}": v / n for k, v in sums.items()}
 
 
+def accumulate_gradients(net: torch.nn.Module, batches: Iterator[dict], cfg: ModelConfig, opts: TrainOptions,
+                         shard: Shard, step: int, d: D.Dist) -> tuple[dict[str, float], float]:
+    """Forward and backward this rank's `accum` micro-batches of `step` (DDP syncs gradients on the last one);
+    returns the step's mean loss per head and the seconds spent loading."""
+    net.zero_grad(set_to_none=True)
+    sums: torch.Tensor | None = None
+    keys: list[str] = []
+    loading_s = 0.0
+    for a in range(opts.accum):
+        t0 = time.perf_counter()
+        batch = to_train_batch(next(batches), cfg, d.device)
+        loading_s += time.perf_counter() - t0
+        torch.manual_seed(micro_seed(opts.seed, step, shard.micro_index(a)))
+        sync = net.no_sync() if d.enabled and a < opts.accum - 1 else contextlib.nullcontext()
+        with sync, autocast(d.device):
+            losses = net(batch)
+            (losses["total"] / opts.accum).backward()
+        keys = list(losses)
+        vals = torch.stack([v.detach().float() for v in losses.values()]) / opts.accum
+        sums = vals if sums is None else sums + vals
+    return dict(zip(keys, sums.tolist(), strict=True)), loading_s
+
+
 def train(caches: list[CacheLike], cfg: ModelConfig, run: Path, opts: TrainOptions, *, init: Path | None = None,
           resume: bool = False, evaluate: EvalHook | None = None, source: str = "dv-train") -> RunResult:
     """Train `cfg` on the caches into `run`; with `resume`, continue from run's latest checkpoint."""
@@ -289,31 +312,17 @@ def _train(caches: list[CacheLike], cfg: ModelConfig, run: Path, opts: TrainOpti
     with progress_bar(opts.progress and d.main) as bar:
         task = bar.add_task("train", total=stop, completed=step, rate="", losses="")
         while step < stop:
-            optimizer.zero_grad(set_to_none=True)
-            sums: torch.Tensor | None = None
-            keys: list[str] = []
-            for a in range(opts.accum):
-                t0 = time.perf_counter()
-                batch = to_train_batch(next(batches), cfg, d.device)
-                data_s += time.perf_counter() - t0
-                torch.manual_seed(micro_seed(opts.seed, step, shard.micro_index(a)))
-                sync = net.no_sync() if d.enabled and a < opts.accum - 1 else contextlib.nullcontext()
-                with sync, autocast(d.device):
-                    losses = net(batch)
-                    (losses["total"] / opts.accum).backward()
-                keys = list(losses)
-                vals = torch.stack([v.detach().float() for v in losses.values()]) / opts.accum
-                sums = vals if sums is None else sums + vals
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip or float("inf"))
+            losses, loading_s = accumulate_gradients(net, batches, cfg, opts, shard, step, d)
+            data_s += loading_s
+            losses["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, opts.grad_clip or float("inf")))
             optimizer.step()
             scheduler.step()
             if ema is not None:
                 ema.update(model)
             step += 1
             bar.update(task, completed=step)
-            for k, v in zip(keys, sums.tolist(), strict=True):
+            for k, v in losses.items():
                 window[k] = window.get(k, 0.0) + v
-            window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
             window["_n"] = window.get("_n", 0) + 1
             if step % opts.log_every == 0 or step == stop:
                 last = _log_window(window, t_window, data_s, step, shard, scheduler, metrics, bar, task, d)
