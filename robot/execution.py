@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from robot.geometry import inv_T, make_T
 from robot.safety import Interventions
 
 Mode = Literal["chunk", "receding", "ensemble"]
@@ -34,15 +35,12 @@ MODES: tuple[Mode, ...] = ("chunk", "receding", "ensemble")
 
 def delta_transform(action: np.ndarray) -> np.ndarray:
     """The 4x4 relative pose Δ of one action's first six values (metres, radians)."""
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_euler("xyz", action[3:6]).as_matrix()
-    T[:3, 3] = action[:3]
-    return T
+    return make_T(Rotation.from_euler("xyz", action[3:6]).as_matrix(), action[:3])
 
 
 def delta_between(T_from: np.ndarray, T_to: np.ndarray) -> np.ndarray:
     """The six pose values of the action that takes target `T_from` to `T_to`: Δ = inv(T_from) · T_to."""
-    D = np.linalg.inv(T_from) @ T_to
+    D = inv_T(T_from) @ T_to
     return np.concatenate([D[:3, 3], Rotation.from_matrix(D[:3, :3]).as_euler("xyz")])
 
 

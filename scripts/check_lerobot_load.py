@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dreamvla_client.conventions import ACTION_NAMES, STATE_LAYOUT  # noqa: E402
 from teleop.dataset import CameraSpec, DatasetConfig, DatasetWriter  # noqa: E402
 
 H, W, FPS = 48, 64, 15
@@ -53,8 +54,7 @@ MEAN_ERR, MAX_ERR = 6.0, 16.0  # uint8 levels in block interiors: mp4 is lossy (
 def config(codec: str = "mp4v") -> DatasetConfig:
     return DatasetConfig(
         fps=FPS, robot_type="franka", cameras=CAMS, video_codec=codec,
-        state_names=["x", "y", "z", "roll", "pitch", "yaw", "gripper_open"],
-        action_names=["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper_open"],
+        state_names=list(STATE_LAYOUT), action_names=list(ACTION_NAMES),
         extra_features={"observation.capture_s": ["tick", "wrist", "static"]},
     )
 

@@ -26,6 +26,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from robot import kinematics
+from robot.geometry import make_T
 from robot.safety.config import SafetyConfig
 from robot.safety.interventions import Interventions
 
@@ -186,9 +187,7 @@ class SafetyEnvelope:
                 i = int(near[0])
                 return self._reject("joint_target_limit", f"the target needs joint {i + 1} at {q_pred[i]:.3f} rad, "
                                                           f"within {cfg.joint_margin_rad} rad of its limit")
-        T = np.eye(4)
-        T[:3, :3], T[:3, 3] = R, p
-        return T
+        return make_T(R, p)
 
     # ------------------------------------------------------------------ measured state and gripper
 

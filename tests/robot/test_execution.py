@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from robot.execution import Timeline, compose, delta_between, delta_transform, predicted_positions, state_vector
+from robot.geometry import make_T
 from robot.policy import Observation, ReplayPolicy, ScriptedPolicy
 from robot.safety import Interventions
 
@@ -51,8 +52,7 @@ small = st.floats(-0.05, 0.05)
 def test_delta_round_trip(action, start):
     """docs/conventions.md#actions: execution composes T[k+1] = T[k]·Δ[k]; recording derives
     Δ[k] = inv(T[k])·T[k+1] — the same six numbers come back."""
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_euler("xyz", start).as_matrix()
+    T = make_T(Rotation.from_euler("xyz", start).as_matrix(), np.zeros(3))
     np.testing.assert_allclose(delta_between(T, compose(T, action)), action, atol=1e-9)
 
 

@@ -17,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 from pydantic import ValidationError
 from scipy.spatial.transform import Rotation
 
+from robot.geometry import make_T
 from robot.kinematics import condition_number, fk, jacobian
 from robot.safety import Interventions, Rejection, SafetyConfig, SafetyEnvelope
 from robot.tasks import HOME_Q
@@ -29,9 +30,7 @@ TOOL_DOWN = Rotation.from_euler("x", math.pi).as_matrix()  # the home orientatio
 
 
 def pose(p, R=TOOL_DOWN) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = R, p
-    return T
+    return make_T(R, p)
 
 
 def envelope(**changes) -> SafetyEnvelope:

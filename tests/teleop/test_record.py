@@ -22,6 +22,7 @@ import pytest
 import ticks
 
 from robot.execution import compose
+from robot.geometry import make_T
 from robot.policy import Observation
 from teleop.dataset import DatasetWriter
 from teleop.dataset import writer as W
@@ -198,9 +199,7 @@ class _Source:
 
 
 def test_teleop_policy_integrates_the_operator_velocity_in_base_from_the_commanded_target():
-    T = np.eye(4)
-    T[:3, :3] = np.diag([1.0, -1.0, -1.0])  # pointing down, as the FR3 at home
-    T[:3, 3] = [0.4, 0.0, 0.3]
+    T = make_T(np.diag([1.0, -1.0, -1.0]), [0.4, 0.0, 0.3])  # pointing down, as the FR3 at home
     cmd = TeleopCommand(np.array([0.15, 0.0, -0.03]), np.array([0.0, 0.0, 0.3]), gripper_open=False)
     policy = TeleopPolicy(_Source(cmd), rate_hz=15, chunk_length=3)
     chunk = policy.infer(_observation(T))
@@ -315,9 +314,8 @@ class _GuidedArm:
         self.reads = 0
 
     def read_state(self):
-        T = np.eye(4)
-        T[:3, :3] = np.diag([1.0, -1.0, -1.0])
-        T[:3, 3] = [0.35 + 0.005 * self.reads + (0.06 if self.reads >= 6 else 0.0), 0.0, 0.4]
+        x = 0.35 + 0.005 * self.reads + (0.06 if self.reads >= 6 else 0.0)
+        T = make_T(np.diag([1.0, -1.0, -1.0]), [x, 0.0, 0.4])
         self.reads += 1
         return ticks.arm_state(T, time.monotonic_ns())
 
