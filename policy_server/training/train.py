@@ -242,9 +242,11 @@ def train(caches: list[CacheLike], cfg: ModelConfig, run: Path, opts: TrainOptio
           resume: bool = False, evaluate: EvalHook | None = None, source: str = "dv-train") -> RunResult:
     """Train `cfg` on the caches into `run`; with `resume`, continue from run's latest checkpoint."""
     d = D.init_distributed(opts.device)
+    threads = torch.get_num_threads()
     try:
         return _train(caches, cfg, Path(run), opts, d, init=init, resume=resume, evaluate=evaluate, source=source)
     finally:
+        torch.set_num_threads(threads)  # the setting is process-wide: a caller (a test, a notebook) gets its own back
         D.shutdown(d)
 
 
