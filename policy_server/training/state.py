@@ -1,15 +1,17 @@
 """Run checkpoints: a servable model directory plus the state that resumes training bit for bit.
 
 RUN/checkpoints/step_000100/ holds our checkpoint format (config.json + model.safetensors, what `dv-serve`
-loads) and `training_state.pt`: optimizer, scheduler, step, EMA, and the RNG states of torch, numpy and
-Python. That file is a `torch.save` of tensors, numbers, strings, lists and dicts only, so it loads with
-`weights_only=True` (nothing in it is unpickled as code). A checkpoint is written under a temporary name and
-renamed into place, then `RUN/checkpoints/latest` is replaced to name it: a run killed at any moment leaves
-the previous checkpoint intact and `latest` pointing at a complete one.
+loads), `trained_on.json` (the datasets and the sim seeds of their episodes) and `training_state.pt`:
+optimizer, scheduler, step, EMA, and the RNG states of torch, numpy and Python. That file is a `torch.save` of
+tensors, numbers, strings, lists and dicts only, so it loads with `weights_only=True` (nothing in it is
+unpickled as code). A checkpoint is written under a temporary name and renamed into place, then
+`RUN/checkpoints/latest` is replaced to name it: a run killed at any moment leaves the previous checkpoint
+intact and `latest` pointing at a complete one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -23,6 +25,7 @@ from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import Tokenizer
 
 STATE_FILE = "training_state.pt"
+TRAINED_ON_FILE = "trained_on.json"  # read by dv-eval (robot/evaluation/cli.py), which never imports this module
 LATEST = "latest"
 
 
@@ -70,11 +73,14 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def save_run_checkpoint(run: Path, step: int, model: DreamVLA, training: dict[str, object], *, source: str,
                         tokenizer: Tokenizer, normalization: Normalization,
-                        weights: dict[str, torch.Tensor] | None = None, keep: int = 3) -> Path:
+                        weights: dict[str, torch.Tensor] | None = None, keep: int = 3,
+                        trained_on: dict[str, object] | None = None) -> Path:
     """Write RUN/checkpoints/step_N atomically and point `latest` at it; keep the newest `keep` checkpoints.
 
     `weights` replaces the model's own tensors in model.safetensors (the EMA weights, which serving should
-    get); the raw weights then travel in the training state."""
+    get); the raw weights then travel in the training state. `trained_on` (the datasets and the sim seeds of
+    their episodes) goes into trained_on.json beside config.json, so that `dv-eval` refuses to score the
+    checkpoint on a layout it was trained on."""
     root = run / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
@@ -90,6 +96,8 @@ def save_run_checkpoint(run: Path, step: int, model: DreamVLA, training: dict[st
         if weights is not None:
             model.load_state_dict(training["model"])
     _fsync_write(tmp / STATE_FILE, lambda f: torch.save(training | {"step": step}, f))
+    if trained_on is not None:
+        _fsync_write(tmp / TRAINED_ON_FILE, lambda f: f.write(json.dumps(trained_on, indent=1).encode()))
     if final.exists():  # a re-save of the same step (a resumed run that stops where it started)
         shutil.rmtree(final)
     os.replace(tmp, final)

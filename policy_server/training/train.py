@@ -239,19 +239,23 @@ def accumulate_gradients(net: torch.nn.Module, batches: Iterator[dict], cfg: Mod
 
 
 def train(caches: list[CacheLike], cfg: ModelConfig, run: Path, opts: TrainOptions, *, init: Path | None = None,
-          resume: bool = False, evaluate: EvalHook | None = None, source: str = "dv-train") -> RunResult:
-    """Train `cfg` on the caches into `run`; with `resume`, continue from run's latest checkpoint."""
+          resume: bool = False, evaluate: EvalHook | None = None, source: str = "dv-train",
+          trained_on: dict[str, object] | None = None) -> RunResult:
+    """Train `cfg` on the caches into `run`; with `resume`, continue from run's latest checkpoint. `trained_on`
+    (datasets and seeds) is written into every checkpoint for dv-eval's seed guard."""
     d = D.init_distributed(opts.device)
     threads = torch.get_num_threads()
     try:
-        return _train(caches, cfg, Path(run), opts, d, init=init, resume=resume, evaluate=evaluate, source=source)
+        return _train(caches, cfg, Path(run), opts, d, init=init, resume=resume, evaluate=evaluate, source=source,
+                      trained_on=trained_on)
     finally:
         torch.set_num_threads(threads)  # the setting is process-wide: a caller (a test, a notebook) gets its own back
         D.shutdown(d)
 
 
 def _train(caches: list[CacheLike], cfg: ModelConfig, run: Path, opts: TrainOptions, d: D.Dist, *,
-           init: Path | None, resume: bool, evaluate: EvalHook | None, source: str) -> RunResult:
+           init: Path | None, resume: bool, evaluate: EvalHook | None, source: str,
+           trained_on: dict[str, object] | None) -> RunResult:
     torch.set_num_threads(opts.threads or cpu_threads(d))
     ckpt = latest_checkpoint(run) if resume else None
     if resume and ckpt is None:
@@ -300,7 +304,7 @@ def _train(caches: list[CacheLike], cfg: ModelConfig, run: Path, opts: TrainOpti
                 training["ema"] = list(ema.shadow)
             path = save_run_checkpoint(run, at, model, training, source=f"{source}:step{at}", tokenizer=tokenizer,
                                        normalization=norm, weights=ema.weights(model) if ema else None,
-                                       keep=opts.keep)
+                                       keep=opts.keep, trained_on=trained_on)
         D.barrier(d)
         return path
 

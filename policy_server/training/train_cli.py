@@ -12,14 +12,20 @@ tensorboard is installed.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.logging import RichHandler
 
 from policy_server.cli.common import run_subcommand
+
+if TYPE_CHECKING:
+    from policy_server.training.train import EvalHook
 
 console = Console()
 log = logging.getLogger("dv-train")
@@ -60,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--flow", choices=["dis", "cotracker"], help="which cached tracks (default: the one there)")
     p.add_argument("--gap", type=int, help="which cached track gap (default: the one there)")
+    p.add_argument("--eval-every", type=int, default=0, help="closed-loop dv-eval every N steps (0 = never)")
+    p.add_argument("--eval-tasks", nargs="+", help="tasks dv-eval runs (default: every dataset's folder name)")
+    p.add_argument("--eval-seeds", default="5000-5002", help="sim seeds of the periodic dv-eval (A-B inclusive)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=command)
@@ -75,8 +84,28 @@ def options(args: argparse.Namespace):
         val_fraction=args.val_fraction, val_every=args.val_every, val_windows=args.val_windows,
         save_every=args.save_every, keep=args.keep, log_every=args.log_every, stop_at=args.stop_at,
         workers=args.workers, decoders=not args.action_only, augment=not args.no_augment, compile=args.compile,
-        threads=args.threads, device=args.device, progress=not args.no_progress,
+        threads=args.threads, device=args.device, progress=not args.no_progress, eval_every=args.eval_every,
     )
+
+
+def closed_loop_eval(tasks: list[str], seeds: str, run: Path) -> EvalHook:
+    """The periodic evaluation: `dv-eval` in a subprocess (the robot side never shares a process with training),
+    its overall success rate and interval logged as split 'eval'."""
+
+    def evaluate(ckpt: Path, step: int) -> dict[str, float]:
+        out = run / "eval" / f"step_{step:07d}"
+        cmd = [sys.executable, "-m", "robot.evaluation.cli", str(ckpt), "--task", *tasks, "--seeds", seeds,
+               "--no-video", "--out", str(out), "--log-level", "ERROR"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            log.warning("dv-eval at step %d failed (exit %d): %s", step, done.returncode,
+                        (done.stdout + done.stderr).strip().splitlines()[-1:])
+            return {}
+        overall = json.loads((out / "summary.json").read_text())["overall"]
+        return {"success_rate": overall["success_rate"], "wilson_low": overall["wilson95"][0],
+                "wilson_high": overall["wilson95"][1]}
+
+    return evaluate
 
 
 def resolve_init(args: argparse.Namespace, run: Path) -> Path | None:
@@ -96,7 +125,7 @@ def resolve_init(args: argparse.Namespace, run: Path) -> Path | None:
     return target
 
 
-def command(args: argparse.Namespace, evaluate=None) -> int:
+def command(args: argparse.Namespace, evaluate: EvalHook | None = None) -> int:
     """Run `dv-train` from parsed arguments; `evaluate` is the periodic evaluation hook (see train.EvalHook)."""
     from policy_server.model.checkpoint import read_meta
     from policy_server.model.config import preset
@@ -125,8 +154,12 @@ def command(args: argparse.Namespace, evaluate=None) -> int:
         caches = [FeatureCache.open(d, cfg, flow=args.flow, gap=args.gap) for d in args.data]
     except FeatureCacheError as exc:
         raise ValueError(str(exc)) from exc
+    trained_on = {"datasets": [{"path": str(d), "episodes": len(c.episodes), "seeds": c.seeds}
+                               for d, c in zip(args.data, caches, strict=True)]}
+    if evaluate is None and args.eval_every:
+        evaluate = closed_loop_eval(args.eval_tasks or [Path(d).name for d in args.data], args.eval_seeds, run)
     result = train(caches, cfg, run, opts, init=init, resume=args.resume, evaluate=evaluate,
-                   source=f"dv-train:{','.join(str(d) for d in args.data)}")
+                   source=f"dv-train:{','.join(str(d) for d in args.data)}", trained_on=trained_on)
     if result.checkpoint is not None:
         losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in result.losses.items() if k.startswith("loss/"))
         console.print(f"step {result.step}: {losses}\ncheckpoint {result.checkpoint}"
