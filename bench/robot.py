@@ -37,10 +37,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from dreamvla_client.latency import RESERVOIR_SIZE
 from robot.execution import MODES, Mode
 from robot.policy import Observation, Policy, PolicyChunk, PolicyFailure, RemotePolicy, ScriptedPolicy, robot_contract
 from robot.runner import Runner, RunnerConfig, RunSummary, SimScene
-from robot.runner.report import RESERVOIR_SIZE
 from robot.safety import SafetyConfig
 
 REST_TOLERANCE_M = 0.001  # at rest: the TCP stays within this of where it ends

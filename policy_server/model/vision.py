@@ -21,6 +21,16 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def crop_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(resized h, resized w, top, left) of the short-side resize and centre crop to `size`: one geometry for the
+    images here and for the depth targets of training (nearest-neighbour, one channel, resized elsewhere)."""
+    if (height, width) == (size, size):
+        return size, size, 0, 0
+    scale = size / min(height, width)
+    nh, nw = max(size, round(height * scale)), max(size, round(width * scale))
+    return nh, nw, (nh - size) // 2, (nw - size) // 2
+
+
 def preprocess_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (N, H, W, 3) RGB -> float (N, 3, size, size): bicubic short-side resize, centre crop, CLIP norm."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -28,10 +38,8 @@ def preprocess_images(images: torch.Tensor, size: int) -> torch.Tensor:
     x = images.permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
     h, w = x.shape[-2:]
     if (h, w) != (size, size):
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        nh, nw, top, left = crop_box(h, w, size)
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
-        top, left = (nh - size) // 2, (nw - size) // 2
         x = x[..., top : top + size, left : left + size]
     mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)

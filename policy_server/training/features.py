@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policy_server.model.vision import CLIP_MEAN, CLIP_STD, preprocess_images
+from policy_server.model.vision import CLIP_MEAN, CLIP_STD, crop_box, preprocess_images
 from policy_server.training.features_cache import (
     BUILD,
     EPISODES,
@@ -69,17 +69,6 @@ class FeatureBuildError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------- geometry
-
-
-def crop_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """(resized h, resized w, top, left) of `preprocess_images`' short-side resize and centre crop to `size`,
-    for the depth maps, which cannot go through that function (nearest-neighbour, one channel). The images use
-    `preprocess_images` itself; a test holds the two to the same geometry."""
-    if (height, width) == (size, size):
-        return size, size, 0, 0
-    scale = size / min(height, width)
-    nh, nw = max(size, round(height * scale)), max(size, round(width * scale))
-    return nh, nw, (nh - size) // 2, (nw - size) // 2
 
 
 def model_images(frames: np.ndarray, size: int) -> np.ndarray:

@@ -10,7 +10,6 @@ from robot.runner.devices import ArmLike, CameraLike, GripperLike, StatusSink, S
 from robot.runner.loop import Runner
 from robot.runner.report import (
     EpisodeRecord,
-    LatencyStats,
     RunSummary,
     episode_table,
     interventions_table,
@@ -24,7 +23,6 @@ __all__ = [
     "CameraLike",
     "EpisodeRecord",
     "GripperLike",
-    "LatencyStats",
     "OperatorScene",
     "Runner",
     "RunnerConfig",

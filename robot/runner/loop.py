@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dreamvla_client.latency import LatencyStats
 from robot.arm import ArmError, ArmState
 from robot.cameras import Frame
 from robot.estop.listener import start_motion
@@ -47,7 +48,7 @@ from robot.execution import Timeline, compose, delta_between, predicted_position
 from robot.policy import Observation, Policy, PolicyChunk, PolicyFailure
 from robot.runner.config import RunnerConfig
 from robot.runner.devices import ArmLike, CameraLike, GripperLike, StatusSink, StopSignal
-from robot.runner.report import EpisodeRecord, LatencyStats, RunSummary
+from robot.runner.report import EpisodeRecord, RunSummary
 from robot.runner.scenes import Scene
 from robot.runner.steps import StepSink, TickRecord
 from robot.runner.worker import Done, PolicyWorker

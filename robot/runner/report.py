@@ -11,11 +11,6 @@ from typing import Any
 
 from rich.table import Table
 
-# One statistics type for the robot's run report and the server's `stats` (its home is the wire package); named
-# here too because `robot.runner` and `bench.robot` import them from this module.
-from dreamvla_client.latency import RESERVOIR_SIZE as RESERVOIR_SIZE
-from dreamvla_client.latency import LatencyStats as LatencyStats
-
 
 @dataclass
 class EpisodeRecord:

@@ -80,7 +80,7 @@ def test_run_latency_samples_stay_bounded_and_their_quantiles_accurate():
 
     import numpy as np
 
-    from robot.runner.report import RESERVOIR_SIZE, LatencyStats
+    from dreamvla_client.latency import RESERVOIR_SIZE, LatencyStats
 
     values = _lognormal(8 * 3600 * 15)
     run = LatencyStats()
@@ -106,7 +106,7 @@ def test_run_latency_samples_stay_bounded_and_their_quantiles_accurate():
 def test_latency_stats_are_exact_below_the_bound_and_reproducible_above():
     import numpy as np
 
-    from robot.runner.report import LatencyStats
+    from dreamvla_client.latency import LatencyStats
 
     small = _lognormal(900)  # one minute at 15 Hz: every value kept, the same numbers as before
     stats = LatencyStats()

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from policy_server.model.config import ModelConfig, VisionConfig, preset
 from policy_server.model.knowledge import flow_motion_mask
-from policy_server.model.vision import preprocess_images
+from policy_server.model.vision import crop_box, preprocess_images
 from policy_server.training import features as features_mod
-from policy_server.training.features import build, crop_box, model_images
+from policy_server.training.features import build, model_images
 from policy_server.training.features_cache import (
     EPISODES,
     MANIFEST,
