@@ -25,7 +25,7 @@ from types import FrameType
 from rich.console import Console
 from rich.text import Text
 
-from robot.cli import announce_overrides
+from robot.cli_support import announce_overrides
 from robot.launch.config import LaunchConfig, LaunchConfigError, load_launch_config
 from robot.launch.files import packaged_launch_files, resolve_launch_file
 from robot.launch.process import ProcessSpec, Supervised
