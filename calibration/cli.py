@@ -109,8 +109,10 @@ def _emit(fragment: dict[str, Any], args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ handeye
 
 
-def _measure(args: argparse.Namespace, config: Any) -> tuple[HandEyeResult, Any, np.ndarray | None]:
-    """Collect (sim, or the rig the launch file names) and calibrate: (result, collection, sim truth or None)."""
+def _measure(args: argparse.Namespace, config: Any,
+             launch: Path | None) -> tuple[HandEyeResult, Any, np.ndarray | None]:
+    """Collect (sim, or the rig the launch file `launch` names) and calibrate: (result, collection, sim truth or
+    None). The real rig is planned and opened as a workcell with only `args.camera` (`calibration.workcell`)."""
     if config is None or config.robot.kind == "sim":
         from calibration.sim_board import collect_sim
 
@@ -118,32 +120,44 @@ def _measure(args: argparse.Namespace, config: Any) -> tuple[HandEyeResult, Any,
                           safety=config.safety if config is not None else None, dynamics=args.dynamics)
         col, truth = sim.collection, sim.T_true
     else:
-        import franky
-
-        from calibration.rig import collect_real
-        from robot.cameras import CameraError
-        from robot.devices import ARM_CHECK, camera_check
-        from robot.errors import opening
-
-        with opening(f"arm (FCI at {config.robot.arm.host})", ARM_CHECK, franky.Exception), \
-                opening(f"camera {args.camera!r}", camera_check(config.camera(args.camera)), CameraError):
-            col = collect_real(config, args.camera, args.poses, seed=args.seed, board_in_base=args.board_in_base,
-                               dynamics=args.dynamics, progress=lambda m: console.print(Text(m)))
-        truth = None
+        col, truth = _collect_real(args, launch), None
     console.print(Text(col.summary()))
     for why in col.refused:
         console.print(Text(f"refused {why}", style="yellow"))
     return calibrate(col.observations, col.mode, col.K, col.dist), col, truth
 
 
+def _collect_real(args: argparse.Namespace, launch: Path | None) -> Any:
+    """The hand-eye collection on the real rig: its workcell opened (one line naming a device that cannot be),
+    the collection run on it, every device closed after; an arm or camera failure mid-run names that device."""
+    import franky
+
+    from calibration.rig import collect_real
+    from calibration.workcell import calibration_plan
+    from robot.cameras import CameraError
+    from robot.devices import ARM_CHECK, camera_check
+    from robot.errors import opening
+    from robot.workcell import open_workcell
+
+    plan = calibration_plan(launch, [args.camera])
+    assert plan.launch is not None  # a real rig's plan comes from its launch file
+    with contextlib.ExitStack() as stack:
+        cell = open_workcell(plan, stack)
+        with opening(f"arm (FCI at {plan.launch.robot.arm.host})", ARM_CHECK, franky.Exception), \
+                opening(f"camera {args.camera!r}", camera_check(plan.cameras[0]), CameraError):
+            return collect_real(cell, args.camera, args.poses, seed=args.seed, board_in_base=args.board_in_base,
+                                dynamics=args.dynamics, progress=lambda m: console.print(Text(m)))
+
+
 def _handeye(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    config = _load(args.launch or args.write_launch, args.sim)
+    path = args.launch or args.write_launch
+    config = _load(path, args.sim)
     if config is None and not args.sim:
         raise UsageError("name the rig with --launch FILE (a real rig's or a sim one), or use --sim")
     try:
-        result, _, truth = _measure(args, config)
+        result, _, truth = _measure(args, config, Path(path) if path else None)
     except CalibrationError as e:
         _error(f"calibration refused: {e}")
         return 1
@@ -166,55 +180,42 @@ def _handeye(args: argparse.Namespace) -> int:
 
 def _intrinsics(args: argparse.Namespace) -> int:
     from calibration import intrinsics as intr
+    from calibration.workcell import calibration_plan, open_cameras
 
     config = _load(args.launch, args.sim)
     roles = [args.camera] if args.camera else ["static", "wrist"]
     sim = config.robot.kind == "sim"
-    if sim:
-        numbers = intr.sim_intrinsics(config, roles)
-    else:
-        numbers = {}
-        for role in roles:
-            with _camera(config, role):
-                numbers.update(intr.factory_intrinsics(config, [role]))
     entries = {}
-    for role in roles:
-        n = numbers[role]
-        console.print(f"{role}: {n['width']}x{n['height']} fx {n['fx']:.2f} fy {n['fy']:.2f} cx {n['cx']:.2f} "
-                      f"cy {n['cy']:.2f} {n['model']} depth scale {n['depth_scale_m']}", highlight=False)
-        if not args.charuco:
-            entries[role] = intr.entry(n, "sim" if sim else "factory")
-            continue
-        try:
-            entries[role] = _charuco_entry(config, role, n, sim, args)
-        except CalibrationError as e:
-            _error(f"{role}: ChArUco calibration refused: {e}")
-            return 1
+    with contextlib.ExitStack() as stack:
+        cameras = open_cameras(calibration_plan(Path(args.launch), roles, sim=args.sim), stack)
+        numbers = intr.sim_intrinsics(cameras) if sim else intr.factory_intrinsics(cameras)
+        for role in roles:
+            n = numbers[role]
+            console.print(f"{role}: {n['width']}x{n['height']} fx {n['fx']:.2f} fy {n['fy']:.2f} cx {n['cx']:.2f} "
+                          f"cy {n['cy']:.2f} {n['model']} depth scale {n['depth_scale_m']}", highlight=False)
+            if not args.charuco:
+                entries[role] = intr.entry(n, "sim" if sim else "factory")
+                continue
+            try:
+                entries[role] = _charuco_entry(cameras[role], n, sim, args)
+            except CalibrationError as e:
+                _error(f"{role}: ChArUco calibration refused: {e}")
+                return 1
     return _emit({"calibration": {"intrinsics": entries}}, args)
 
 
-def _camera(config: Any, role: str) -> contextlib.AbstractContextManager[None]:
-    """A camera that cannot be opened ends the command as one line naming it (exit 2)."""
-    from robot.cameras import CameraError
-    from robot.devices import camera_check
-    from robot.errors import opening
-
-    return opening(f"camera {role!r}", camera_check(config.camera(role)), CameraError)
-
-
-def _charuco_entry(config: Any, role: str, truth: dict[str, Any], sim: bool,
-                   args: argparse.Namespace) -> dict[str, Any]:
+def _charuco_entry(camera: Any, truth: dict[str, Any], sim: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """The ChArUco re-calibration of the opened `camera`, whose reported intrinsics are `truth`."""
     from calibration import intrinsics as intr
     from calibration.charuco import BoardSpec, camera_matrix
 
-    size = (truth["width"], truth["height"])
+    role, size = camera.name, (truth["width"], truth["height"])
     if sim:  # views of a board held in front of the camera: corners projected through the true camera
         K = camera_matrix(truth["fx"], truth["fy"], truth["cx"], truth["cy"])
         views = intr.synthetic_views(K, size, n=args.views, noise_px=args.noise_px, seed=args.seed)
     else:
         console.print(f"{role}: move the ChArUco board through the view ({args.views * 5} frames)")
-        with _camera(config, role):
-            images = intr.capture_images(config.camera(role), args.views * 5)
+        images = intr.capture_images(camera, args.views * 5)
         views, missed = intr.views_from_images(images[::5], BoardSpec())
         if not views:
             raise CalibrationError(f"the ChArUco board was not visible in any of {missed} frames")
@@ -236,7 +237,7 @@ def _check(args: argparse.Namespace) -> int:
     if result.status == "ok" and not args.age_only:
         console.print(result.message)
         try:
-            measured, _, _ = _measure(args, config)
+            measured, _, _ = _measure(args, config, Path(args.launch))
         except CalibrationError as e:
             _error(f"re-measurement refused: {e}")
             return 1

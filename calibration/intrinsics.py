@@ -8,10 +8,9 @@ launch file keeps what was measured, when, and a hash.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -21,36 +20,29 @@ from calibration.charuco import BoardSpec, detect, synthetic_observation
 from calibration.handeye import BoardNotVisibleError, CalibrationError
 from calibration.record import stamped
 from robot.geometry import make_T
-from robot.launch.config import LaunchConfig
+
+if TYPE_CHECKING:
+    from robot.cameras import Camera
 
 SIM_DEPTH_SCALE_M = 0.001  # the sim renders depth as uint16 millimetres
 MIN_VIEWS = 6
 View = tuple[np.ndarray, np.ndarray]  # (obj_points (N, 3), img_points (N, 2)) of one image
 
 
-def sim_intrinsics(config: LaunchConfig, roles: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The sim cameras' ground truth (MuJoCo's pinhole: no distortion) at the launch file's resolutions."""
-    from robot.sim.workcell import SimWorkcell
+def sim_intrinsics(cameras: Mapping[str, Camera]) -> dict[str, dict[str, Any]]:
+    """The opened sim cameras' ground truth (MuJoCo's pinhole: no distortion) at their configured resolutions."""
+    return {name: {**asdict(cam.intrinsics), "model": "none", "coeffs": [],  # type: ignore[attr-defined]  # SimCamera
+                   "depth_scale_m": SIM_DEPTH_SCALE_M if cam.config.depth else None}
+            for name, cam in cameras.items()}
 
-    cams = [config.camera(r) for r in roles]
+
+def factory_intrinsics(cameras: Mapping[str, Camera]) -> dict[str, dict[str, Any]]:
+    """What each opened RealSense reports (`RealSenseCamera.factory_intrinsics`), at its stream settings."""
     out = {}
-    with SimWorkcell(config.tasks[0], cameras=cams) as cell:  # type: ignore[arg-type]  # sim configs here
-        for cfg in cams:
-            out[cfg.name] = {**asdict(cell.cameras[cfg.name].intrinsics), "model": "none", "coeffs": [],
-                             "depth_scale_m": SIM_DEPTH_SCALE_M if cfg.depth else None}
-    return out
-
-
-def factory_intrinsics(config: LaunchConfig, roles: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """What each RealSense reports (`RealSenseCamera.factory_intrinsics`), at the launch file's stream settings."""
-    from robot.cameras import make_camera
-
-    out = {}
-    for role in roles:
-        camera = make_camera(config.camera(role))
+    for name, camera in cameras.items():
         values = asdict(camera.factory_intrinsics())  # type: ignore[attr-defined]  # a RealSenseCamera
         values["coeffs"] = list(values["coeffs"])
-        out[role] = values
+        out[name] = values
     return out
 
 
@@ -123,18 +115,14 @@ def charuco_numbers(K: np.ndarray, dist: np.ndarray, image_size: tuple[int, int]
             "depth_scale_m": depth_scale_m}
 
 
-def capture_images(camera_config: Any, n_frames: int, timeout_s: float = 1.0) -> list[np.ndarray]:
-    """Up to `n_frames` colour images from a camera (a person moves the board meanwhile)."""
-    from robot.cameras import CameraTimeout, make_camera
+def capture_images(camera: Camera, n_frames: int, timeout_s: float = 1.0) -> list[np.ndarray]:
+    """Up to `n_frames` colour images from an opened camera (a person moves the board meanwhile)."""
+    from robot.cameras import CameraTimeout
 
     images = []
-    with ExitStack() as stack:
-        camera = make_camera(camera_config)
-        camera.connect()
-        stack.callback(camera.disconnect)
-        for _ in range(n_frames):
-            try:
-                images.append(camera.read(timeout_s).color)
-            except CameraTimeout:
-                break
+    for _ in range(n_frames):
+        try:
+            images.append(camera.read(timeout_s).color)
+        except CameraTimeout:
+            break
     return images

@@ -1,6 +1,6 @@
-"""Hand-eye collection on the real rig, from the launch file: the FR3 (`robot.arm.Arm`), the camera
-(`make_camera`), its intrinsics, the safety envelope and the e-stop, all handed to `calibration.collect`, the
-same collector the sim's `--render` path runs.
+"""Hand-eye collection on the real rig: the opened workcell's FR3, camera and e-stop (`robot.workcell`, opened
+by `dv-calib` from the launch file, `calibration.workcell`), the camera's intrinsics and the plan's safety
+envelope, all handed to `calibration.collect`, the same collector the sim's `--render` path runs.
 
 The operator puts the ChArUco board in view (on the table for the wrist camera, on the hand for the static
 one) and jogs the arm to a start pose where the camera sees it; the poses are generated around that pose
@@ -10,8 +10,7 @@ one) and jogs the arm to a start pose where the camera sees it; the poses are ge
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +27,10 @@ from calibration.collect import (
     wait_settled,
 )
 from calibration.handeye import CalibrationError, Mode, TooFewPosesError
+
+if TYPE_CHECKING:
+    from robot.estop import EStopListener
+    from robot.workcell import Workcell
 
 MODES: dict[str, Mode] = {"wrist": "eye_in_hand", "static": "eye_to_base"}
 # the wrist D415's rough view axis in `ee` (mount CAD; the calibration measures the real one)
@@ -57,26 +60,24 @@ def camera_numbers(config: Any, role: str, camera: Any) -> dict[str, Any]:
         "model": getattr(values, "model", "none"), "coeffs": list(getattr(values, "coeffs", ()))}
 
 
-def open_estop(config: Any, stack: ExitStack, wait_s: float, progress: Callable[[str], None]) -> Any:
-    """The launch file's e-stop listener when one is required (a real robot by default): wait up to `wait_s`
-    for a console, then begin motion (ARMED -> RUN). None when the launch file requires none."""
-    if not config.estop_required:
+def start_estop(cell: Workcell, wait_s: float, progress: Callable[[str], None]) -> EStopListener | None:
+    """The workcell's e-stop listener when the launch file requires one (a real robot by default): wait up to
+    `wait_s` for a console, then begin motion (ARMED -> RUN). None when the launch file requires none."""
+    launch = cell.plan.launch
+    if cell.estop is None or launch is None or not launch.estop_required:
         return None
-    from robot.estop import EStopListener
     from robot.estop.listener import start_motion
 
-    listener = stack.enter_context(EStopListener(config.estop.endpoint, required=True,
-                                                 timeout_s=config.estop.timeout_s))
-    progress(f"waiting up to {wait_s:g} s for the e-stop console (`dv-estop --endpoint {config.estop.endpoint}`)")
-    state = start_motion(listener, wait_s)
+    progress(f"waiting up to {wait_s:g} s for the e-stop console (`dv-estop --endpoint {launch.estop.endpoint}`)")
+    state = start_motion(cell.estop, wait_s)
     if not state.may_move:
         raise CollectionAborted(f"e-stop {state.describe()}: no motion allowed; start the dv-estop console "
-                                f"on {config.estop.endpoint} and release any stop")
-    return listener
+                                f"on {launch.estop.endpoint} and release any stop")
+    return cell.estop
 
 
 def collect_real(
-    config: Any,
+    cell: Workcell,
     camera: str,
     n_poses: int,
     seed: int = 0,
@@ -86,32 +87,27 @@ def collect_real(
     spec: BoardSpec | None = None,
     progress: Callable[[str], None] = print,
 ) -> Collection:
-    """Collect hand-eye observations for `camera` ('wrist' | 'static') on the rig the launch file describes."""
-    from robot.arm import Arm
-    from robot.cameras import make_camera
-
-    mode, safety = MODES[camera], config.safety
-    with ExitStack() as stack:
-        estop = open_estop(config, stack, estop_wait_s, progress)
-        arm_cfg = config.robot.arm.model_copy(update={"relative_dynamics_factor": min(
-            config.robot.arm.relative_dynamics_factor, safety.relative_dynamics_factor)})
-        arm = stack.enter_context(Arm(arm_cfg))
-        cam = stack.enter_context(make_camera(config.camera(camera)))
-        K, dist = lens_model(camera_numbers(config, camera, cam))
-        T_start = np.array(wait_settled(arm).T_base_ee)
-        why = check_pose(T_start, safety)
-        if why is not None:
-            raise CalibrationError(f"the start pose is outside the safety envelope ({why}): jog the arm to a pose "
-                                   "inside it where the camera sees the board")
-        pivot = pivot_point(T_start, mode, WRIST_VIEW_AXIS, board_in_base)
-        poses = poses_around(T_start, n_poses, safety, pivot, seed=seed)
-        if len(poses) < n_poses:
-            progress(f"only {len(poses)} of {n_poses} poses fit in the envelope around the start pose")
-        try:
-            col = collect(arm, cam, K, spec or BoardSpec(), poses, mode, safety, dist=dist, dynamics=dynamics,
-                          estop=estop, progress=progress)
-        except TooFewPosesError:
-            go_to(arm, T_start, safety, dynamics=dynamics, estop=estop, what="the start pose")
-            raise
+    """Collect hand-eye observations for `camera` ('wrist' | 'static') on the opened real rig `cell`: its arm,
+    its camera of that name and its e-stop (which must allow motion before anything moves, and guards every move
+    through `collect`'s watchdog). The arm ends back at the start pose the operator jogged it to."""
+    assert cell.plan.launch is not None  # a real rig is planned from its launch file (robot.workcell.plan_workcell)
+    mode, safety, arm, cam = MODES[camera], cell.plan.safety, cell.arm, cell.cameras[camera]
+    estop = start_estop(cell, estop_wait_s, progress)
+    K, dist = lens_model(camera_numbers(cell.plan.launch, camera, cam))
+    T_start = np.array(wait_settled(arm).T_base_ee)
+    why = check_pose(T_start, safety)
+    if why is not None:
+        raise CalibrationError(f"the start pose is outside the safety envelope ({why}): jog the arm to a pose "
+                               "inside it where the camera sees the board")
+    pivot = pivot_point(T_start, mode, WRIST_VIEW_AXIS, board_in_base)
+    poses = poses_around(T_start, n_poses, safety, pivot, seed=seed)
+    if len(poses) < n_poses:
+        progress(f"only {len(poses)} of {n_poses} poses fit in the envelope around the start pose")
+    try:
+        col = collect(arm, cam, K, spec or BoardSpec(), poses, mode, safety, dist=dist, dynamics=dynamics,
+                      estop=estop, progress=progress)
+    except TooFewPosesError:
         go_to(arm, T_start, safety, dynamics=dynamics, estop=estop, what="the start pose")
-        return col
+        raise
+    go_to(arm, T_start, safety, dynamics=dynamics, estop=estop, what="the start pose")
+    return col

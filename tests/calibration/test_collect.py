@@ -240,18 +240,35 @@ class RigArm(FakeArm):
         pass
 
 
-class RigCamera:
-    """`make_camera(config)`: a D415 as a pinhole (wrist: at X_TRUE on the hand; static: at X_STATIC, the board
-    on the hand), rendering the board at the arm's pose."""
+class RigGripper:
+    """`robot.arm.Gripper(config)`: the workcell opens the hand too; a calibration never moves it."""
 
     def __init__(self, config) -> None:
-        self.arm, self.role = RigArm.built[-1], config.name
-        self.board = SPEC.image(PX_PER_SQUARE)
+        self.config = config
 
-    def __enter__(self) -> RigCamera:
+    def __enter__(self) -> RigGripper:
         return self
 
     def __exit__(self, *exc) -> None:
+        pass
+
+
+class RigCamera:
+    """`make_camera(config)`: a D415 as a pinhole (wrist: at X_TRUE on the hand; static: at X_STATIC, the board
+    on the hand), rendering the board at the pose of the arm the workcell opened after it."""
+
+    def __init__(self, config) -> None:
+        self.config, self.name, self.role = config, config.name, config.name
+        self.board = SPEC.image(PX_PER_SQUARE)
+
+    @property
+    def arm(self) -> RigArm:
+        return RigArm.built[-1]
+
+    def connect(self) -> None:
+        pass
+
+    def disconnect(self) -> None:
         pass
 
     def factory_intrinsics(self) -> SimpleNamespace:
@@ -279,12 +296,14 @@ def rig(request, tmp_path, monkeypatch):
     import robot.cameras
 
     monkeypatch.setattr(robot.arm, "Arm", RigArm)
+    monkeypatch.setattr(robot.arm, "Gripper", RigGripper)
     monkeypatch.setattr(robot.cameras, "make_camera", RigCamera)
     monkeypatch.setattr(RigArm, "start", START if request.param == "wrist" else START_STATIC)
     RigArm.built.clear()
     src = (Path(__file__).resolve().parents[2] / "launch" / "real_fr3.yaml").read_text()
     path = tmp_path / "rig.yaml"
-    path.write_text(src.replace("endpoint: tcp://127.0.0.1:5560", "endpoint: tcp://127.0.0.1:*"))
+    path.write_text(src.replace("endpoint: tcp://127.0.0.1:5560", "endpoint: tcp://127.0.0.1:*")
+                    .replace("endpoint: tcp://127.0.0.1:5561", "endpoint: tcp://127.0.0.1:*"))
     return request.param, path
 
 
@@ -296,7 +315,7 @@ def test_real_rig_handeye_and_check_through_the_cli(rig, tmp_path, monkeypatch, 
     from robot.launch.config import load_launch_config
 
     camera, rig = rig
-    monkeypatch.setattr(rig_module, "open_estop", lambda config, stack, wait_s, progress: None)
+    monkeypatch.setattr(rig_module, "start_estop", lambda cell, wait_s, progress: None)
     args = ["--camera", camera, "--poses", "8"]
     if camera == "wrist":
         args += ["--board-in-base", ",".join(map(str, BOARD_CENTRE))]
@@ -321,12 +340,40 @@ def test_real_rig_handeye_and_check_through_the_cli(rig, tmp_path, monkeypatch, 
 
 
 def test_real_rig_waits_for_the_estop_console(rig):
+    from contextlib import ExitStack
+
     from calibration.rig import collect_real
-    from robot.launch.config import load_launch_config
+    from calibration.workcell import calibration_plan
+    from robot.workcell import open_workcell
 
     camera, rig = rig
-    config = load_launch_config(rig)
-    assert config.estop_required
-    with pytest.raises(CollectionAborted, match="e-stop WAITING: no motion allowed; start the dv-estop console"):
-        collect_real(config, camera, 6, estop_wait_s=0.2, progress=lambda m: None)
-    assert RigArm.built == []  # the arm is not even connected without a console
+    plan = calibration_plan(rig, [camera])
+    assert plan.launch is not None and plan.launch.estop_required
+    with ExitStack() as stack:
+        cell = open_workcell(plan, stack)  # connects the arm (moves nothing), binds the e-stop listener
+        assert cell.estop is not None and [c.name for c in plan.cameras] == [camera]
+        with pytest.raises(CollectionAborted, match="e-stop WAITING: no motion allowed; start the dv-estop console"):
+            collect_real(cell, camera, 6, estop_wait_s=0.2, progress=lambda m: None)
+    assert [arm.moves for arm in RigArm.built] == [[]]  # without a console the arm was never commanded to move
+    assert np.allclose(RigArm.built[0].T, RigArm.start)
+
+
+def test_the_calibration_plan_holds_one_camera_and_clamps_the_arm_ceiling(tmp_path):
+    """`dv-calib` plans its rig as a workcell with only the camera it calibrates, and clamps an arm dynamics ceiling
+    above the safety one (which `open_workcell` refuses for a run) instead of refusing it."""
+    import yaml
+
+    from calibration.workcell import calibration_plan
+    from robot.errors import UsageError
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "launch" / "real_fr3.yaml").read_text())
+    data["robot"]["arm"]["relative_dynamics_factor"] = 0.3
+    path = tmp_path / "fast_arm.yaml"
+    path.write_text(yaml.safe_dump(data))
+    plan = calibration_plan(path, ["wrist"])
+    assert not plan.sim and [c.name for c in plan.cameras] == ["wrist"]
+    assert plan.launch is not None and plan.launch.robot.arm.relative_dynamics_factor == 0.1
+    assert plan.launch.safety.relative_dynamics_factor == plan.safety.relative_dynamics_factor == 0.1
+    assert [c.name for c in calibration_plan(path, ["static", "wrist"]).cameras] == ["static", "wrist"]
+    with pytest.raises(UsageError, match="no camera named 'side' in cameras"):
+        calibration_plan(path, ["side"])
