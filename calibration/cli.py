@@ -10,7 +10,9 @@
   jogged it to (board in view) and reads its D415 (`calibration.rig`); a sim one drives franky-sim. Both go
   through the same collector (`calibration.collect`): envelope check before each move, dynamics at most the
   file's `safety.relative_dynamics_factor`, the e-stop console when the file requires one, settled arm, fresh
-  frame; an arm error or an e-stop latch stops the arm and refuses the calibration.
+  frame; an arm error or an e-stop latch stops the arm and refuses the calibration. The rig (arm, the one
+  camera, e-stop) is planned and opened as a typed workcell (`calibration.workcell`, `robot.workcell`), as
+  every dv-* command opens its devices.
 - `check --launch FILE --camera wrist|static [--sim] [--max-age-h 1] [--tol-mm 2] [--tol-deg 0.5]
   [--age-only]`: exit 0 when the stored extrinsic is present, fresh and agrees with a re-measurement (a few
   poses through the same collector, real rig or sim); 1 with the reason otherwise.
@@ -114,10 +116,7 @@ def _measure(args: argparse.Namespace, config: Any,
     """Collect (sim, or the rig the launch file `launch` names) and calibrate: (result, collection, sim truth or
     None). The real rig is planned and opened as a workcell with only `args.camera` (`calibration.workcell`)."""
     if config is None or config.robot.kind == "sim":
-        from calibration.sim_board import collect_sim
-
-        sim = collect_sim(args.camera, n_poses=args.poses, noise_px=args.noise_px, seed=args.seed, render=args.render,
-                          safety=config.safety if config is not None else None, dynamics=args.dynamics)
+        sim = _collect_sim(args, config, launch)
         col, truth = sim.collection, sim.T_true
     else:
         col, truth = _collect_real(args, launch), None
@@ -125,6 +124,23 @@ def _measure(args: argparse.Namespace, config: Any,
     for why in col.refused:
         console.print(Text(f"refused {why}", style="yellow"))
     return calibrate(col.observations, col.mode, col.K, col.dist), col, truth
+
+
+def _collect_sim(args: argparse.Namespace, config: Any, launch: Path | None) -> Any:
+    """The hand-eye collection in the sim: the board projected on a sim workcell opened without cameras (the
+    board is projected through the camera's true model), or rendered in a scene of its own (`--render`)."""
+    from calibration import sim_board
+
+    if args.render:
+        return sim_board.collect_sim_rendered(args.camera, n_poses=args.poses, seed=args.seed, dynamics=args.dynamics,
+                                              safety=config.safety if config is not None else None)
+    from calibration.workcell import calibration_plan
+    from robot.workcell import open_workcell
+
+    with contextlib.ExitStack() as stack:
+        cell = open_workcell(calibration_plan(launch, [], sim=True, seed=args.seed), stack)
+        return sim_board.collect_sim(cell, args.camera, n_poses=args.poses, noise_px=args.noise_px, seed=args.seed,
+                                     dynamics=args.dynamics)
 
 
 def _collect_real(args: argparse.Namespace, launch: Path | None) -> Any:

@@ -2,10 +2,12 @@
 real rig's collector (envelope check, e-stop, settle, arm errors), and a ChArUco board is observed.
 
 Two ways to observe the board, both at the settled arm pose franky-sim reached (`ArmState.T_base_ee`):
-- projected (default): the board's corners go through the sim camera's true intrinsics and true pose, plus
-  pixel noise. Fast, and the noise is known.
-- rendered (`render=True`): the board is a textured plate in the MuJoCo scene; the sim camera renders it and
-  `calibration.charuco.detect` finds the corners, the same path as a real D415 image.
+- projected (`collect_sim`, on a sim workcell opened through `robot.workcell`, as every dv-* command opens
+  one): the board's corners go through the sim camera's true intrinsics and true pose, plus pixel noise. Fast,
+  and the noise is known.
+- rendered (`collect_sim_rendered`): the board is a textured plate in the MuJoCo scene; the sim camera renders
+  it and `calibration.charuco.detect` finds the corners, the same path as a real D415 image. A workcell plan
+  cannot add an object to the scene, so this path builds its own `SimWorkcell` with the plate and its own arm.
 For the wrist camera the board lies fixed on the table (`T_BASE_BOARD`); for the static camera it is a plate
 on the hand (`T_EE_BOARD`). Both poses put the printed face (board -z, OpenCV's board frame) toward the camera.
 """
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +32,11 @@ from calibration.handeye import MIN_POSES, HandEyeSample, Mode
 from calibration.poses import generate_poses
 from robot.geometry import inv_T, make_T
 from robot.safety import SafetyConfig
+
+if TYPE_CHECKING:
+    from robot.arm import Arm
+    from robot.cameras.sim import SimCamera
+    from robot.workcell import Workcell
 
 # wrist: a 1 mm board flat on the table in front of the robot, print up (board x = base x, y = -base y)
 T_BASE_BOARD = make_T(Rotation.from_euler("x", 180, degrees=True).as_matrix(), [0.45, 0.10, 0.001])
@@ -111,61 +119,88 @@ def _clear_board(cell, margin: float = 0.08, tries: int = 20) -> None:
 
 
 def collect_sim(
+    cell: Workcell,
     camera: str,
     n_poses: int = 12,
     noise_px: float = 0.2,
     seed: int = 0,
-    workcell=None,
     spec: BoardSpec | None = None,
     poses: list[np.ndarray] | None = None,
     dynamics: float = CALIBRATION_DYNAMICS,
-    render: bool = False,
+    min_poses: int = MIN_POSES,
+) -> SimCollection:
+    """Drive the opened sim workcell's arm through `n_poses` poses (or the given `poses`) with `collect`, the real
+    rig's collector, and project the board from each settled pose (`noise_px` of noise) through `camera`'s true
+    model (a ground-truth camera, never rendered). The plan's safety bounds the poses and the dynamics."""
+    from robot.cameras.sim import SimCamera, SimCameraConfig
+
+    if cell.sim is None:
+        raise ValueError("collect_sim needs a sim workcell (robot.workcell.plan_workcell(..., sim=True))")
+    _setup(camera)
+    cam = SimCamera(SimCameraConfig(name=camera), source=cell.sim)  # ground truth only, never connected
+    return _collect_board(cell.arm, cam, camera, n_poses, noise_px, seed, spec, poses, dynamics, cell.plan.safety,
+                          min_poses, render=False)
+
+
+def collect_sim_rendered(
+    camera: str,
+    n_poses: int = 12,
+    seed: int = 0,
+    spec: BoardSpec | None = None,
+    poses: list[np.ndarray] | None = None,
+    dynamics: float = CALIBRATION_DYNAMICS,
     safety: SafetyConfig | None = None,
     min_poses: int = MIN_POSES,
 ) -> SimCollection:
-    """Drive the sim arm through `n_poses` poses (or the given `poses`) with `collect`, the real rig's collector,
-    and observe the board: rendered by the sim camera and detected (`render`; then the workcell is always our
-    own, since the board must be in its scene), or projected from the settled pose (`noise_px` of noise).
-    `safety` (default: `SafetyConfig()`, as launch/sim.yaml) bounds the poses and the dynamics."""
+    """`collect_sim` with the board rendered in the scene and detected, on a sim workcell of our own (the plate
+    must be in its scene) whose arm's ceiling is `safety`'s (default: `SafetyConfig()`, as launch/sim.yaml)."""
     from robot.arm import Arm, ArmConfig
-    from robot.cameras.sim import SimCamera, SimCameraConfig
+    from robot.cameras.sim import SimCameraConfig
     from robot.sim.workcell import SimWorkcell
 
-    if camera not in SETUPS:
-        raise ValueError(f"camera must be 'wrist' or 'static', got {camera!r}")
-    if render and workcell is not None:
-        raise ValueError("render=True builds its own workcell (the board must be in the scene)")
-    setup, spec, safety = SETUPS[camera], spec or BoardSpec(), safety or SafetyConfig()
-    rng = np.random.default_rng(seed)
+    _setup(camera)
+    spec, safety = spec or BoardSpec(), safety or SafetyConfig()
     with ExitStack() as stack:
-        if render:
-            png = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "charuco.png")
-            cv2.imwrite(png, spec.image(100))
-            cell = stack.enter_context(SimWorkcell("pick_bottle", seed=seed, cameras=[SimCameraConfig(
-                name=camera, depth=False)], scene_extras=[board_plate(camera, spec, png)]))
-            _clear_board(cell)
-            cam = cell.cameras[camera]
-            stack.enter_context(cam)  # renders from here on
-        else:
-            cell = workcell or stack.enter_context(SimWorkcell("drawer_open", seed=seed, cameras=[]))
-            cam = SimCamera(SimCameraConfig(name=camera), source=cell)  # ground truth only, never connected
-        intr = cam.intrinsics
-        K = camera_matrix(intr.fx, intr.fy, intr.cx, intr.cy)
-        size = (intr.width, intr.height)
-        if poses is None:
-            lo, hi = clip_to_workspace(setup.lo, setup.hi, safety)
-            poses = generate_poses(n_poses, setup.target, setup.axis_in_ee, lo, hi, seed=seed,
-                                   toward_target=True, accept=lambda T: check_pose(T, safety) is None)
-
-        def project(T: np.ndarray, _settled_ns: int) -> tuple[np.ndarray, np.ndarray]:
-            if setup.mode == "eye_in_hand":
-                T_cam_board = inv_T(T @ cam.T_mount_cam) @ T_BASE_BOARD
-            else:
-                T_cam_board = inv_T(cam.T_mount_cam) @ T @ T_EE_BOARD
-            return synthetic_observation(T_cam_board, spec, K, size, noise_px, rng)
-
+        png = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "charuco.png")
+        cv2.imwrite(png, spec.image(100))
+        cell = stack.enter_context(SimWorkcell("pick_bottle", seed=seed, cameras=[SimCameraConfig(
+            name=camera, depth=False)], scene_extras=[board_plate(camera, spec, png)]))
+        _clear_board(cell)
+        cam = cell.cameras[camera]
+        stack.enter_context(cam)  # renders from here on
         cfg = ArmConfig(host=cell.hostname, realtime="ignore", relative_dynamics_factor=safety.relative_dynamics_factor)
         arm = stack.enter_context(Arm(cfg))
-        col = collect(arm, cam if render else None, K, spec, poses, setup.mode, safety, dynamics=dynamics,
-                      observe=None if render else project, min_poses=min_poses, settle=render)
-        return SimCollection(col, size, cam.T_mount_cam.copy())
+        return _collect_board(arm, cam, camera, n_poses, 0.0, seed, spec, poses, dynamics, safety, min_poses,
+                              render=True)
+
+
+def _setup(camera: str) -> CameraSetup:
+    if camera not in SETUPS:
+        raise ValueError(f"camera must be 'wrist' or 'static', got {camera!r}")
+    return SETUPS[camera]
+
+
+def _collect_board(arm: Arm, cam: SimCamera, camera: str, n_poses: int, noise_px: float, seed: int,
+                   spec: BoardSpec | None, poses: list[np.ndarray] | None, dynamics: float, safety: SafetyConfig,
+                   min_poses: int, render: bool) -> SimCollection:
+    """Poses toward the board (unless given), then `collect` at each: the rendered frame detected (`render`) or
+    the board projected through `cam`'s true model. The ground truth is `cam`'s true mount."""
+    setup, spec, rng = _setup(camera), spec or BoardSpec(), np.random.default_rng(seed)
+    intr = cam.intrinsics
+    K = camera_matrix(intr.fx, intr.fy, intr.cx, intr.cy)
+    size = (intr.width, intr.height)
+    if poses is None:
+        lo, hi = clip_to_workspace(setup.lo, setup.hi, safety)
+        poses = generate_poses(n_poses, setup.target, setup.axis_in_ee, lo, hi, seed=seed,
+                               toward_target=True, accept=lambda T: check_pose(T, safety) is None)
+
+    def project(T: np.ndarray, _settled_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        if setup.mode == "eye_in_hand":
+            T_cam_board = inv_T(T @ cam.T_mount_cam) @ T_BASE_BOARD
+        else:
+            T_cam_board = inv_T(cam.T_mount_cam) @ T @ T_EE_BOARD
+        return synthetic_observation(T_cam_board, spec, K, size, noise_px, rng)
+
+    col = collect(arm, cam if render else None, K, spec, poses, setup.mode, safety, dynamics=dynamics,
+                  observe=None if render else project, min_poses=min_poses, settle=render)
+    return SimCollection(col, size, cam.T_mount_cam.copy())

@@ -142,10 +142,16 @@ FAST_SIM = SafetyConfig(relative_dynamics_factor=0.4)
 
 @pytest.fixture(scope="module")
 def workcell():
-    from robot.sim.workcell import SimWorkcell
+    """The sim workcell `dv-calib handeye --sim` opens (no cameras: the board is projected), with FAST_SIM."""
+    import contextlib
+    import dataclasses
 
-    with SimWorkcell("drawer_open", seed=0, cameras=[]) as cell:
-        yield cell
+    from calibration.workcell import calibration_plan
+    from robot.workcell import open_workcell
+
+    plan = dataclasses.replace(calibration_plan(None, [], sim=True), safety=FAST_SIM)
+    with contextlib.ExitStack() as stack:
+        yield open_workcell(plan, stack)
 
 
 @pytest.mark.parametrize("camera", ["wrist", "static"])
@@ -153,7 +159,7 @@ def test_sim_handeye_within_2mm_half_degree(workcell, camera):
     from calibration.cli import result_fragment
     from calibration.sim_board import collect_sim
 
-    col = collect_sim(camera, n_poses=10, noise_px=0.2, seed=0, workcell=workcell, safety=FAST_SIM, dynamics=0.4)
+    col = collect_sim(workcell, camera, n_poses=10, noise_px=0.2, seed=0, dynamics=0.4)
     assert len(col.observations) >= 8
     r = calibrate(col.observations, col.mode, col.K)
     dt, dr = pose_error(r.best.T, col.T_true)
@@ -170,9 +176,9 @@ def test_sim_handeye_rendered_board_within_2mm_half_degree(camera):
     """The board as a textured plate in the MuJoCo scene, rendered by the sim camera and detected by `detect` as a
     D415 image is, collected by `calibration.collect.collect`: the real rig's collector (envelope check, settled
     arm, a frame captured after it settled)."""
-    from calibration.sim_board import collect_sim
+    from calibration.sim_board import collect_sim_rendered
 
-    col = collect_sim(camera, n_poses=10, seed=0, render=True, safety=FAST_SIM, dynamics=0.4)
+    col = collect_sim_rendered(camera, n_poses=10, seed=0, safety=FAST_SIM, dynamics=0.4)
     assert col.collection.refused == [] and col.collection.planned == 10
     assert len(col.observations) >= 8 and min(len(o.obj_points) for o in col.observations) >= 12
     r = calibrate(col.observations, col.mode, col.K)
