@@ -116,7 +116,7 @@ def _measure(args: argparse.Namespace, config: Any,
     """Collect (sim, or the rig the launch file `launch` names) and calibrate: (result, collection, sim truth or
     None). The real rig is planned and opened as a workcell with only `args.camera` (`calibration.workcell`)."""
     if config is None or config.robot.kind == "sim":
-        sim = _collect_sim(args, config, launch)
+        sim = _collect_sim(args, launch)
         col, truth = sim.collection, sim.T_true
     else:
         col, truth = _collect_real(args, launch), None
@@ -126,19 +126,21 @@ def _measure(args: argparse.Namespace, config: Any,
     return calibrate(col.observations, col.mode, col.K, col.dist), col, truth
 
 
-def _collect_sim(args: argparse.Namespace, config: Any, launch: Path | None) -> Any:
+def _collect_sim(args: argparse.Namespace, launch: Path | None) -> Any:
     """The hand-eye collection in the sim: the board projected on a sim workcell opened without cameras (the
-    board is projected through the camera's true model), or rendered in a scene of its own (`--render`)."""
+    board is projected through the camera's true model), or rendered as a plate added to the workcell's scene
+    (`--render`)."""
     from calibration import sim_board
-
-    if args.render:
-        return sim_board.collect_sim_rendered(args.camera, n_poses=args.poses, seed=args.seed, dynamics=args.dynamics,
-                                              safety=config.safety if config is not None else None)
     from calibration.workcell import calibration_plan
     from robot.workcell import open_workcell
 
+    plan = calibration_plan(launch, [], sim=True, seed=args.seed)
+    if args.render:
+        with sim_board.rendered_board_workcell(plan, args.camera) as cell:
+            return sim_board.collect_sim_rendered(cell, args.camera, n_poses=args.poses, seed=args.seed,
+                                                  dynamics=args.dynamics)
     with contextlib.ExitStack() as stack:
-        cell = open_workcell(calibration_plan(launch, [], sim=True, seed=args.seed), stack)
+        cell = open_workcell(plan, stack)
         return sim_board.collect_sim(cell, args.camera, n_poses=args.poses, noise_px=args.noise_px, seed=args.seed,
                                      dynamics=args.dynamics)
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,9 +36,10 @@ from robot.safety import SafetyConfig
 if TYPE_CHECKING:
     from robot.arm import Arm
     from robot.cameras.sim import SimCamera
-    from robot.workcell import Workcell
+    from robot.workcell import Workcell, WorkcellPlan
 
 # wrist: a 1 mm board flat on the table in front of the robot, print up (board x = base x, y = -base y)
+RENDER_TASK = "pick_bottle"  # the scene the rendered board is added to (its objects are moved off the board)
 T_BASE_BOARD = make_T(Rotation.from_euler("x", 180, degrees=True).as_matrix(), [0.45, 0.10, 0.001])
 # static: a plate on the hand in front of the fingers (ee y = 0.11), print facing ee +y (towards the static
 # camera at the home pose); board x = ee x, board y = ee z
@@ -142,36 +143,39 @@ def collect_sim(
                           min_poses, render=False)
 
 
+@contextmanager
+def rendered_board_workcell(plan: WorkcellPlan, camera: str, spec: BoardSpec | None = None) -> Iterator[Workcell]:
+    """The sim workcell of `plan` (through `open_workcell`) with the board as a textured plate in its scene and
+    `camera` as its only camera, rendering (colour only); closed on exit."""
+    from robot.cameras.sim import SimCameraConfig
+    from robot.workcell import open_workcell
+
+    _setup(camera)
+    spec = spec or BoardSpec()
+    with ExitStack() as stack:
+        png = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "charuco.png")
+        cv2.imwrite(png, spec.image(100))
+        plan = replace(plan, task=RENDER_TASK, cameras=(SimCameraConfig(name=camera, depth=False),),
+                       scene_extras=(*plan.scene_extras, board_plate(camera, spec, png)))
+        cell = open_workcell(plan, stack)
+        _clear_board(cell.sim)
+        yield cell
+
+
 def collect_sim_rendered(
+    cell: Workcell,
     camera: str,
     n_poses: int = 12,
     seed: int = 0,
     spec: BoardSpec | None = None,
     poses: list[np.ndarray] | None = None,
     dynamics: float = CALIBRATION_DYNAMICS,
-    safety: SafetyConfig | None = None,
     min_poses: int = MIN_POSES,
 ) -> SimCollection:
-    """`collect_sim` with the board rendered in the scene and detected, on a sim workcell of our own (the plate
-    must be in its scene) whose arm's ceiling is `safety`'s (default: `SafetyConfig()`, as launch/sim.yaml)."""
-    from robot.arm import Arm, ArmConfig
-    from robot.cameras.sim import SimCameraConfig
-    from robot.sim.workcell import SimWorkcell
-
-    _setup(camera)
-    spec, safety = spec or BoardSpec(), safety or SafetyConfig()
-    with ExitStack() as stack:
-        png = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "charuco.png")
-        cv2.imwrite(png, spec.image(100))
-        cell = stack.enter_context(SimWorkcell("pick_bottle", seed=seed, cameras=[SimCameraConfig(
-            name=camera, depth=False)], scene_extras=[board_plate(camera, spec, png)]))
-        _clear_board(cell)
-        cam = cell.cameras[camera]
-        stack.enter_context(cam)  # renders from here on
-        cfg = ArmConfig(host=cell.hostname, realtime="ignore", relative_dynamics_factor=safety.relative_dynamics_factor)
-        arm = stack.enter_context(Arm(cfg))
-        return _collect_board(arm, cam, camera, n_poses, 0.0, seed, spec, poses, dynamics, safety, min_poses,
-                              render=True)
+    """`collect_sim` with the board rendered in the scene and detected, on a `rendered_board_workcell` (the plate
+    must be in its scene); the arm's ceiling is the plan's safety limits'."""
+    return _collect_board(cell.arm, cell.cameras[camera], camera, n_poses, 0.0, seed, spec, poses, dynamics,
+                          cell.plan.safety, min_poses, render=True)
 
 
 def _setup(camera: str) -> CameraSetup:

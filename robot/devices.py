@@ -3,7 +3,8 @@
 Every opener turns the device's own failure into a `DeviceUnavailable` that names the device and the check
 (`robot.errors.opening`), and registers the close with the caller's `ExitStack`, so a half-opened workcell is
 closed in reverse order. Connecting moves nothing. `robot.workcell.open_workcell` is the one caller that opens a
-whole rig; `dv-calib` uses the check texts for the devices it opens itself.
+whole rig (`dv-calib` opens its rig there too, through `calibration.workcell`, and names the arm or camera with
+these check texts when one fails mid-calibration).
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ follows lerobot's robot-from-config factory and diffusion_policy's `RealEnv`; th
 from __future__ import annotations
 
 import contextlib
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +55,8 @@ class WorkcellPlan:
     episodes: int
     seed: int = 0  # sim: the layout seed of the first episode (then +1 each)
     overrides: tuple[str, ...] = ()  # the safety overrides in force (robot.launch.config.override_notes)
+    # sim only: callables (scene, worldbody) that add to the MJCF before it compiles, e.g. dv-calib's board plate
+    scene_extras: tuple[Callable[[ET.Element, ET.Element], None], ...] = ()
 
 
 def sim_safety() -> SafetyConfig:
@@ -139,7 +143,8 @@ def _open_sim(plan: WorkcellPlan, stack: contextlib.ExitStack) -> tuple[SimWorkc
     from robot.arm import ArmConfig
     from robot.sim.workcell import SimWorkcell
 
-    cell = stack.enter_context(SimWorkcell(task=plan.task, seed=plan.seed, cameras=list(plan.cameras)))
+    cell = stack.enter_context(SimWorkcell(task=plan.task, seed=plan.seed, cameras=list(plan.cameras),
+                                           scene_extras=plan.scene_extras))
     return cell, ArmConfig(host=cell.hostname, realtime="ignore",
                            relative_dynamics_factor=plan.safety.relative_dynamics_factor)
 

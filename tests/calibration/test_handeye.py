@@ -176,9 +176,14 @@ def test_sim_handeye_rendered_board_within_2mm_half_degree(camera):
     """The board as a textured plate in the MuJoCo scene, rendered by the sim camera and detected by `detect` as a
     D415 image is, collected by `calibration.collect.collect`: the real rig's collector (envelope check, settled
     arm, a frame captured after it settled)."""
-    from calibration.sim_board import collect_sim_rendered
+    import dataclasses
 
-    col = collect_sim_rendered(camera, n_poses=10, seed=0, safety=FAST_SIM, dynamics=0.4)
+    from calibration.sim_board import collect_sim_rendered, rendered_board_workcell
+    from calibration.workcell import calibration_plan
+
+    plan = dataclasses.replace(calibration_plan(None, [], sim=True), safety=FAST_SIM)
+    with rendered_board_workcell(plan, camera) as cell:
+        col = collect_sim_rendered(cell, camera, n_poses=10, seed=0, dynamics=0.4)
     assert col.collection.refused == [] and col.collection.planned == 10
     assert len(col.observations) >= 8 and min(len(o.obj_points) for o in col.observations) >= 12
     r = calibrate(col.observations, col.mode, col.K)
