@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="closed-loop dv-eval every N steps (0 = never)")
     p.add_argument("--eval-tasks", nargs="+", help="tasks dv-eval runs (default: every dataset's folder name)")
     p.add_argument("--eval-seeds", default="5000-5002", help="sim seeds of the periodic dv-eval (A-B inclusive)")
+    p.add_argument("--eval-max-episode-s", type=float, help="episode time limit of the periodic dv-eval")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=command)
@@ -88,14 +89,15 @@ def options(args: argparse.Namespace):
     )
 
 
-def closed_loop_eval(tasks: list[str], seeds: str, run: Path) -> EvalHook:
+def closed_loop_eval(tasks: list[str], seeds: str, run: Path, extra: tuple[str, ...] = ()) -> EvalHook:
     """The periodic evaluation: `dv-eval` in a subprocess (the robot side never shares a process with training),
-    its overall success rate and interval logged as split 'eval'."""
+    into RUN/eval/step_N (summary and videos), its overall success rate and interval logged as split 'eval'.
+    `extra`: more dv-eval arguments (e.g. --max-episode-s)."""
 
     def evaluate(ckpt: Path, step: int) -> dict[str, float]:
         out = run / "eval" / f"step_{step:07d}"
         cmd = [sys.executable, "-m", "robot.evaluation.cli", str(ckpt), "--task", *tasks, "--seeds", seeds,
-               "--no-video", "--out", str(out), "--log-level", "ERROR"]
+               "--out", str(out), "--log-level", "ERROR", *extra]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             log.warning("dv-eval at step %d failed (exit %d): %s", step, done.returncode,
@@ -157,7 +159,9 @@ def command(args: argparse.Namespace, evaluate: EvalHook | None = None) -> int:
     trained_on = {"datasets": [{"path": str(d), "episodes": len(c.episodes), "seeds": c.seeds}
                                for d, c in zip(args.data, caches, strict=True)]}
     if evaluate is None and args.eval_every:
-        evaluate = closed_loop_eval(args.eval_tasks or [Path(d).name for d in args.data], args.eval_seeds, run)
+        evaluate = closed_loop_eval(args.eval_tasks or [Path(d).name for d in args.data], args.eval_seeds, run,
+                                    ("--max-episode-s", str(args.eval_max_episode_s)) if args.eval_max_episode_s
+                                    else ())
     result = train(caches, cfg, run, opts, init=init, resume=args.resume, evaluate=evaluate,
                    source=f"dv-train:{','.join(str(d) for d in args.data)}", trained_on=trained_on)
     if result.checkpoint is not None:
