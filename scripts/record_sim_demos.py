@@ -20,8 +20,7 @@ import sys
 from pathlib import Path
 
 from robot.evaluation.seeds import TRAIN_SEED_LIMIT, dataset_seeds
-
-TASKS = ("pick_bottle", "pick_doll", "place_banana", "place_chili", "drawer_open", "drawer_close")
+from robot.tasks import TASKS
 
 
 def record_task(task: str, dataset: Path, per_task: int, launch: Path) -> int:
@@ -46,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.home() / ".cache/dreamvla/datasets/sim")
     parser.add_argument("--per-task", type=int, default=100)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--launch", type=Path, default=Path("launch/sim_train.yaml"))
     parser.add_argument("--round", type=int, default=20, help="episodes per task per round (tasks stay balanced)")
     args = parser.parse_args()

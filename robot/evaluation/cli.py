@@ -18,6 +18,7 @@ import contextlib
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,12 @@ def task_row(summary: RunSummary) -> dict[str, Any]:
 def overall_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     n, k = sum(r["episodes"] for r in rows), sum(r["successes"] for r in rows)
     low, high = wilson_interval(k, n) if n else (0.0, 0.0)
+    interventions: Counter[str] = Counter()
+    for r in rows:
+        interventions.update(r["interventions"])
     return {"task": "all", "episodes": n, "successes": k, "success_rate": k / n if n else 0.0,
-            "wilson95": [low, high], "task_mean_rate": sum(r["success_rate"] for r in rows) / len(rows)}
+            "wilson95": [low, high], "task_mean_rate": sum(r["success_rate"] for r in rows) / len(rows),
+            "aborted": sum(r["aborted"] for r in rows), "interventions": dict(sorted(interventions.items()))}
 
 
 def results_table(rows: list[dict[str, Any]], overall: dict[str, Any]) -> Table:
@@ -115,12 +120,9 @@ def results_table(rows: list[dict[str, Any]], overall: dict[str, Any]) -> Table:
     for r in [*rows, overall]:
         lo, hi = r["wilson95"]
         steps, secs = r.get("mean_steps_to_success"), r.get("mean_seconds_to_success")
-        interventions = sum(r["interventions"].values()) if "interventions" in r else sum(
-            sum(x["interventions"].values()) for x in rows)
         table.add_row(r["task"], f"{r['successes']}/{r['episodes']}", f"{100 * r['success_rate']:.0f}%",
                       f"{100 * lo:.0f}-{100 * hi:.0f}%", "-" if steps is None else f"{steps:.0f}",
-                      "-" if secs is None else f"{secs:.1f}",
-                      str(r["aborted"] if "aborted" in r else sum(x["aborted"] for x in rows)), str(interventions))
+                      "-" if secs is None else f"{secs:.1f}", str(r["aborted"]), str(sum(r["interventions"].values())))
     return table
 
 
