@@ -128,15 +128,15 @@ def batch_source(cfg, batch: int, seed: int = 0) -> Iterator[Callable[[bool], ob
 
     from policy_server.model.checkpoint import default_normalization
     from policy_server.model.text import build_tokenizer
-    from policy_server.training.data import WindowReader, action_scale, build_index
+    from policy_server.training.data import WindowReader, build_index
     from policy_server.training.loader import collate, to_train_batch
 
     with tempfile.TemporaryDirectory(prefix="dv-bench-train-") as tmp:
         cache = synthetic_cache(cfg, Path(tmp))
         index = build_index([cache], {(0, e) for e in range(len(cache.episodes))}, cfg.sequence_length)
         text = [build_tokenizer(cfg.text, None)(cache.instructions).numpy()]
-        scale = action_scale(default_normalization(cfg).action_scale)
-        readers = {d: WindowReader([cache], index, cfg, text, scale, augment=True, depth=d, tracks=d, future_images=d)
+        norm = default_normalization(cfg)
+        readers = {d: WindowReader([cache], index, cfg, text, norm, augment=True, depth=d, tracks=d, future_images=d)
                    for d in (True, False)}
         rng = np.random.default_rng(seed)
 

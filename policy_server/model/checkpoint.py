@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from safetensors.torch import load_file, save_file
 
-from dreamvla_client.conventions import STATE_LAYOUT
+from dreamvla_client.conventions import POSE_NAMES, STATE_LAYOUT
 from policy_server.model.config import ModelConfig
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import ClipTokenizer, Tokenizer, build_tokenizer
@@ -30,16 +32,63 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be used, with the reason."""
 
 
+ANGLES = slice(3, len(POSE_NAMES))  # roll, pitch, yaw in the state vector
+# Smallest spread a state entry is divided by: a dimension the demos never varied (a scripted expert that holds
+# its orientation) must not turn a 1 mm or 5 mrad wobble at run time into a huge input.
+STATE_STD_FLOOR = (0.01,) * 3 + (0.05,) * 3
+
+
 class Normalization(BaseModel):
-    """Model units -> robot units. Deltas are scaled (docs/conventions.md#actions); state enters unnormalised."""
+    """Robot units <-> model units. Deltas are scaled (docs/conventions.md#actions). The state is centred and
+    scaled when the checkpoint carries its statistics (a model trained by dv-train); without them (released
+    checkpoints, random `create` models) it enters in robot units, as the released code feeds it."""
 
     model_config = ConfigDict(extra="forbid")
     action_scale: list[float]
-    state_mean: list[float] | None = None
+    state_mean: list[float] | None = None  # the pose entries; the angles' entries are circular means
     state_std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _pose_statistics(self) -> Normalization:
+        stats = {"state_mean": self.state_mean, "state_std": self.state_std}
+        if (self.state_mean is None) != (self.state_std is None):
+            raise ValueError(f"state_mean and state_std come together, got {stats}")
+        for name, value in stats.items():
+            if value is not None and len(value) != len(POSE_NAMES):
+                raise ValueError(f"{name} needs {len(POSE_NAMES)} entries ({', '.join(POSE_NAMES)}), got {value}")
+        if self.state_std is not None and min(self.state_std) <= 0:
+            raise ValueError(f"state_std must be positive, got {self.state_std}")
+        return self
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+    def state_to_model(self, state: np.ndarray) -> np.ndarray:
+        """(..., 7) robot-unit states -> model inputs. The angles are wrapped around their mean first: a gripper
+        pointing down has roll at +-pi, and the raw value flips between +3.14 and -3.14 from one frame to the
+        next (measured in the sim demos), which the state encoder, a linear layer, reads as a jump of 2 pi."""
+        if self.state_mean is None or self.state_std is None:
+            return state
+        out = np.array(state, dtype=np.float32)
+        mean, std = np.asarray(self.state_mean, np.float32), np.asarray(self.state_std, np.float32)
+        pose = out[..., : len(POSE_NAMES)] - mean
+        pose[..., ANGLES] = (pose[..., ANGLES] + math.pi) % (2 * math.pi) - math.pi
+        out[..., : len(POSE_NAMES)] = pose / std
+        return out
+
+
+def fit_state_normalization(states: np.ndarray) -> tuple[list[float], list[float]]:
+    """(mean, std) of the pose entries of (N, 7) robot-unit states: angles by their circular mean and the spread
+    of their wrapped deviations; every spread at least STATE_STD_FLOOR. The gripper entry stays as it is (the
+    model thresholds it at 0.5)."""
+    pose = np.asarray(states, dtype=np.float64)[:, : len(POSE_NAMES)]
+    mean = pose.mean(axis=0)
+    angles = pose[:, ANGLES]
+    mean[ANGLES] = np.arctan2(np.sin(angles).mean(axis=0), np.cos(angles).mean(axis=0))
+    dev = pose - mean
+    dev[:, ANGLES] = (dev[:, ANGLES] + math.pi) % (2 * math.pi) - math.pi
+    std = np.maximum(dev.std(axis=0), STATE_STD_FLOOR)
+    return mean.tolist(), std.tolist()
 
 
 class CameraSpec(BaseModel):

@@ -89,6 +89,8 @@ class PolicyEngine:
             raw = torch.from_numpy(np.stack([o.images[cam] for o in observations])).to(self.device)
             images[cam] = preprocess_images(raw, size)
         states = np.stack([np.asarray(o.state, dtype=np.float32).reshape(STATE_DIM) for o in observations])
+        if self.meta is not None:
+            states = self.meta.normalization.state_to_model(states)
         return torch.from_numpy(states).to(self.device), images
 
     def start_episode(self, instruction: str) -> EpisodeHistory:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from policy_server.model.checkpoint import Normalization
 from policy_server.model.config import ModelConfig
 
 # The released RandomShiftsAug pads, in pixels of 224-px images (static view 10, wrist view 4).
@@ -149,10 +150,10 @@ class WindowReader:
     """One sample's numpy arrays from the caches: the per-worker half of the data loader."""
 
     def __init__(self, caches: list[CacheLike], index: WindowIndex, cfg: ModelConfig, text_ids: list[np.ndarray],
-                 scale: np.ndarray, *, augment: bool, pads: dict[str, int] | None = None,
+                 norm: Normalization, *, augment: bool, pads: dict[str, int] | None = None,
                  depth: bool = True, tracks: bool = True, future_images: bool = True) -> None:
         self.caches, self.index, self.cfg, self.text_ids = caches, index, cfg, text_ids
-        self.scale, self.augment = scale, augment
+        self.norm, self.scale, self.augment = norm, action_scale(norm.action_scale), augment
         self.pads = pads if pads is not None else shift_pads(cfg)
         # Targets are read only when every cache has them (a batch is all-or-none per key).
         self.depth = depth and all(c.depth is not None for c in caches)
@@ -163,7 +164,7 @@ class WindowReader:
         return len(self.index)
 
     def read(self, i: int, aug_seed: tuple[int, ...] = (0,)) -> dict[str, object]:
-        """Window i: images {cam: (S+F, R, R, 3) uint8} (S frames without future images), state (S, 7), actions
+        """Window i: images {cam: (S+F, R, R, 3) uint8} (S frames without future images), state (S, 7) and actions
         (S, K, 7) in model units, text ids;
         when read: depth {cam: (S, R, R)} of frames t+F, tracks {cam: (S, P, 2)} of frames t."""
         cfg = self.cfg
@@ -175,7 +176,7 @@ class WindowReader:
         labels = window_labels(cache.action[start : start + length], t0, s, k) / self.scale
         sample: dict[str, object] = {
             "text_ids": self.text_ids[d][e],
-            "state": np.asarray(cache.state[rows[:s]], dtype=np.float32),
+            "state": self.norm.state_to_model(np.asarray(cache.state[rows[:s]], dtype=np.float32)),
             "actions": np.clip(labels, -1.0, 1.0).astype(np.float32),
         }
         rng = np.random.default_rng(aug_seed) if self.augment else None

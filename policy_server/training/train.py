@@ -27,12 +27,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_cosine_schedule_with_warmup
 
-from policy_server.model.checkpoint import Normalization, default_normalization, load_checkpoint
+from policy_server.model.checkpoint import (
+    Normalization,
+    default_normalization,
+    fit_state_normalization,
+    load_checkpoint,
+    read_meta,
+)
 from policy_server.model.config import ModelConfig
 from policy_server.model.dreamvla import DreamVLA
 from policy_server.model.text import Tokenizer, build_tokenizer
 from policy_server.training import dist as D
-from policy_server.training.data import CacheLike, WindowReader, action_scale, build_index, split_episodes
+from policy_server.training.data import CacheLike, WindowReader, build_index, split_episodes
 from policy_server.training.loader import Shard, WindowBatches, collate, make_loader, to_train_batch
 from policy_server.training.metrics import MetricsLog, format_losses, progress_bar, read_metrics, truncate_metrics
 from policy_server.training.plot import plot_losses
@@ -95,12 +101,16 @@ class RunResult:
 # --------------------------------------------------------------------------------------------- model
 
 
-def build_model(cfg: ModelConfig, *, decoders: bool, init: Path | None) -> tuple[DreamVLA, Normalization, Tokenizer]:
-    """A fresh model (pretrained towers as the config names them), or one started from a checkpoint of ours;
-    an init checkpoint exported without decoders gets freshly initialised ones."""
+def build_model(cfg: ModelConfig, caches: list[CacheLike], *, decoders: bool,
+                init: Path | None) -> tuple[DreamVLA, Normalization, Tokenizer]:
+    """A fresh model (pretrained towers as the config names them) with the state statistics of `caches`, or one
+    started from a checkpoint of ours, which keeps that checkpoint's normalisation (its weights expect it); an
+    init checkpoint exported without decoders gets freshly initialised ones."""
     if init is None:
         model = DreamVLA(cfg, with_decoders=decoders, load_pretrained=True)
-        return model, default_normalization(cfg), build_tokenizer(cfg.text, None)
+        mean, std = fit_state_normalization(np.concatenate([np.asarray(c.state) for c in caches]))
+        norm = default_normalization(cfg).model_copy(update={"state_mean": mean, "state_std": std})
+        return model, norm, build_tokenizer(cfg.text, None)
     source, meta, tokenizer = load_checkpoint(init, with_decoders=False)
     if meta.model != cfg:
         raise ValueError(f"--init {init} is config {meta.model.name!r}, which differs from the requested "
@@ -158,9 +168,8 @@ def prepare_data(caches: list[CacheLike], cfg: ModelConfig, tokenizer: Tokenizer
                              "rebuild its features for this config")
     text_ids = [tokenizer(list(c.instructions)).numpy() for c in caches]
     train_eps, val_eps = split_episodes(caches, opts.val_fraction, opts.seed)
-    scale = action_scale(norm.action_scale)
     dynamic = opts.decoders and "dynamic" in cfg.dream
-    kw = dict(cfg=cfg, text_ids=text_ids, scale=scale, depth=opts.decoders, tracks=dynamic, future_images=dynamic)
+    kw = dict(cfg=cfg, text_ids=text_ids, norm=norm, depth=opts.decoders, tracks=dynamic, future_images=dynamic)
     train = WindowReader(caches, build_index(caches, train_eps, cfg.sequence_length), augment=opts.augment, **kw)
     val_index = build_index(caches, val_eps, cfg.sequence_length)
     if len(val_index) > opts.val_windows:
@@ -263,7 +272,9 @@ def _train(caches: list[CacheLike], cfg: ModelConfig, run: Path, opts: TrainOpti
     if not resume and latest_checkpoint(run) is not None:  # every rank raises: none waits for the others
         raise ValueError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     torch.manual_seed(opts.seed)
-    model, norm, tokenizer = build_model(cfg, decoders=opts.decoders, init=init)
+    model, norm, tokenizer = build_model(cfg, caches, decoders=opts.decoders, init=init)
+    if ckpt is not None:
+        norm = read_meta(ckpt).normalization  # the run's own, whatever the data or the code computes today
     data = prepare_data(caches, cfg, tokenizer, norm, opts)
     shard = Shard(opts.batch, opts.accum, d.rank, d.world)
     model.to(d.device)

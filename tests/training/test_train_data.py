@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from train_fakes import fake_cache
 
+from policy_server.model.checkpoint import Normalization
 from policy_server.model.config import preset
 from policy_server.training.data import (
     ArrayCache,
@@ -23,6 +24,7 @@ from policy_server.training.loader import Shard, WindowBatches, collate, to_trai
 
 CFG = preset("tiny")  # S = 4, F = 3, K = 3, 64 px
 SCALE = np.array([0.02] * 3 + [0.05] * 3 + [1.0], np.float32)
+NORM = Normalization(action_scale=SCALE.tolist())  # no state statistics: states are read as they are
 
 
 def numbered_cache(lengths: list[int]) -> ArrayCache:
@@ -47,7 +49,7 @@ def numbered_cache(lengths: list[int]) -> ArrayCache:
 def reader(cache: ArrayCache, augment: bool = False) -> WindowReader:
     index = build_index([cache], {(0, e) for e in range(len(cache.episodes))}, CFG.sequence_length)
     text = [np.arange(len(cache.episodes))[:, None].repeat(CFG.text.context_length, 1)]
-    return WindowReader([cache], index, CFG, text, SCALE, augment=augment)
+    return WindowReader([cache], index, CFG, text, NORM, augment=augment)
 
 
 def test_windows_start_wherever_all_inputs_are_real():
@@ -161,5 +163,5 @@ def test_targets_are_read_only_when_every_dataset_has_them(missing):
     caches = [fake_cache(CFG, [8]), fake_cache(CFG, [8], **{missing: False})]
     index = build_index(caches, {(0, 0), (1, 0)}, CFG.sequence_length)
     text = [np.zeros((1, CFG.text.context_length), np.int64)] * 2
-    sample = WindowReader(caches, index, CFG, text, SCALE, augment=False).read(0)
+    sample = WindowReader(caches, index, CFG, text, NORM, augment=False).read(0)
     assert missing not in sample and ({"depth", "tracks"} - {missing}) <= set(sample)
