@@ -93,6 +93,10 @@ class DecoderConfig(Strict):
     sam_dim: int = 256
     dino_grid: int = 16
     dino_dim: int = 768
+    # The depth decoder's output -> metres. The released ReLU leaves a pixel predicted <= 0 at exactly 0, where
+    # SiLog's log(0 + 1e-6) is -13.8 and the gradient is zero: such a pixel never recovers. Softplus keeps every
+    # pixel positive and trainable (docs/model.md).
+    depth_activation: Literal["relu", "softplus"] = "relu"
     # The released code leaves the SAM decoder's positions all-zero and its mask token zero-initialised.
     sam_sincos_positions: bool = False
 
@@ -250,7 +254,8 @@ def _tiny() -> ModelConfig:
         ),
         resampler=ResamplerConfig(num_queries=4, depth=1, heads=4, head_dim=16),
         backbone=BackboneConfig(hidden=64, layers=2, heads=4, dropout=0.0),
-        decoder=DecoderConfig(depth=1, heads=4, sam_grid=4, sam_dim=16, dino_grid=4, dino_dim=16),
+        decoder=DecoderConfig(depth=1, heads=4, sam_grid=4, sam_dim=16, dino_grid=4, dino_dim=16,
+                              depth_activation="softplus"),
         action_head=ActionHeadConfig(width=64, depth=2, heads=4),
         loss=LossConfig(flow_threshold_px=1.0 * 64 / 224),
     )

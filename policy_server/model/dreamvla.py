@@ -34,6 +34,7 @@ from policy_server.model.config import ModelConfig
 from policy_server.model.knowledge import (
     build_decoders,
     depth_loss,
+    depth_metres,
     dynamic_region_loss,
     flow_motion_mask,
     normalized_patches,
@@ -227,7 +228,7 @@ class DreamVLA(nn.Module):
                                                 cfg.loss.flow_threshold_px, dilate=i == 0)
                     per_view.append(dynamic_region_loss(pred, normalized_patches(target, p), mask))
                 elif m == "depth":
-                    per_view.append(depth_loss(unpatchify(F.relu(pred), p, 1), target, cfg.loss))
+                    per_view.append(depth_loss(unpatchify(depth_metres(pred, cfg.decoder), p, 1), target, cfg.loss))
                 else:
                     per_view.append(semantic_loss(pred, target, cfg.loss))
             losses[m] = torch.stack(per_view).mean()  # the views weigh equally

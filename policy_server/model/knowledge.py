@@ -117,6 +117,11 @@ def dynamic_region_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
     return F.mse_loss(pred, target)
 
 
+def depth_metres(pred: torch.Tensor, cfg: DecoderConfig) -> torch.Tensor:
+    """The depth decoder's raw output -> depth in metres, as the loss and a dream picture read it."""
+    return F.softplus(pred) if cfg.depth_activation == "softplus" else F.relu(pred)
+
+
 def depth_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     """pred/target (M, 1, R, R) in metres; SiLog (code) or per-image scale-normalised MSE (paper).
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from policy_server.model.config import LossConfig
+from policy_server.model.config import DecoderConfig, LossConfig, preset
 from policy_server.model.knowledge import (
     depth_loss,
+    depth_metres,
     dynamic_region_loss,
     flow_motion_mask,
     normalized_patches,
@@ -80,3 +81,15 @@ def test_depth_holes_are_masked(variant):
     assert depth_loss(pred, target, cfg).item() > 1e-3
     empty = depth_loss(pred.requires_grad_(), torch.zeros_like(target), cfg)
     assert empty.item() == 0.0 and empty.requires_grad  # no valid pixel: no loss, and backward still works
+
+
+def test_a_depth_pixel_predicted_below_zero_still_learns_under_softplus():
+    """The released ReLU pins such a pixel at 0 (SiLog's log(1e-6)) with zero gradient; softplus does not."""
+    target = torch.full((1, 1, 4, 4), 0.8)
+    for activation, learns in (("relu", False), ("softplus", True)):
+        raw = torch.full((1, 1, 4, 4), -0.5, requires_grad=True)
+        loss = depth_loss(depth_metres(raw, DecoderConfig(depth_activation=activation)), target, LossConfig())
+        loss.backward()
+        assert bool(raw.grad.abs().sum() > 0) is learns, activation
+    assert preset("tiny").decoder.depth_activation == "softplus"
+    assert preset("paper-calvin").decoder.depth_activation == "relu"  # the released numbers stay released
