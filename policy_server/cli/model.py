@@ -100,6 +100,14 @@ def _cmd_try(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dream(args: argparse.Namespace) -> int:
+    from policy_server.training.dreams import write_dreams
+
+    for path in write_dreams(Path(args.checkpoint), Path(args.dataset), args.episode, args.frames, Path(args.out)):
+        console.print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dv-model", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_try)
+
+    p = sub.add_parser("dream", help="PNGs of the predicted dynamic region and depth at t+3 beside the teacher's")
+    p.add_argument("checkpoint", help="a checkpoint trained with its decoders (dv-train without --action-only)")
+    p.add_argument("--dataset", required=True, help="a recorded dataset with a dv-features cache for this config")
+    p.add_argument("--episode", type=int, default=0)
+    p.add_argument("--frames", type=int, nargs="*", help="frame numbers (default: four spread over the episode)")
+    p.add_argument("--out", default="dreams", help="output directory (default ./dreams)")
+    p.set_defaults(func=_cmd_dream)
     return parser
 
 

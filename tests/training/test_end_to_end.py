@@ -85,3 +85,10 @@ def test_record_features_train_resume_serve_and_evaluate(recorded: Path) -> None
     assert refused.returncode == 2
     named = ", ".join(map(str, sorted(seeds)))
     assert f"seeds {named} were used to record training demos" in refused.stdout, refused.stdout
+
+    # what the trained checkpoint dreams, from the recorded dataset's feature cache
+    dreamt = run(BIN / "dv-model", "dream", ckpt, "--dataset", recorded, "--episode", "0", "--frames", "0", "5",
+                 "--out", work / "dreams", cwd=work)
+    ok(dreamt)
+    pictures = sorted((work / "dreams").glob("dream_ep000_frame*.png"))
+    assert [p.name for p in pictures] == ["dream_ep000_frame000.png", "dream_ep000_frame005.png"], dreamt.stdout
