@@ -4,8 +4,9 @@ Why a driver and not one `dv-teleop record --episodes N`: recording is real time
 episodes span sessions, and a killed run must continue where it stopped without recording a seed twice. The
 driver reads what each dataset already holds (the seeds in its session files), and records the rest through the
 real `dv-teleop record --device scripted`, starting one seed above the highest seed already recorded. A seed that
-the expert failed, or that a kill interrupted, is skipped rather than retried. It goes round the tasks in rounds,
-so that an interrupted run leaves every task with about as many episodes. Training seeds stay below 1000;
+the expert failed is skipped rather than retried (after a kill, the failed seeds above the highest kept one get one
+more try). It goes round the tasks in rounds, so that an interrupted run leaves every task with about as many
+episodes. Training seeds stay below 1000;
 evaluation uses seeds from 5000 up.
 
     python scripts/record_sim_demos.py --root ~/.cache/dreamvla/datasets/sim --per-task 100
@@ -26,8 +27,8 @@ from robot.tasks import TASKS
 def record_task(task: str, dataset: Path, per_task: int, launch: Path) -> int:
     """Records until `dataset` holds `per_task` kept episodes; returns the number it holds."""
     seeds = dataset_seeds(dataset) if dataset.exists() else set()
+    start = max(seeds, default=-1) + 1
     while len(seeds) < per_task:
-        start = max(seeds, default=-1) + 1
         count = per_task - len(seeds)
         if start + count > TRAIN_SEED_LIMIT:
             raise SystemExit(f"{task}: seeds {start}..{start + count - 1} would reach {TRAIN_SEED_LIMIT}, the end of "
@@ -38,6 +39,7 @@ def record_task(task: str, dataset: Path, per_task: int, launch: Path) -> int:
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         seeds = dataset_seeds(dataset) if dataset.exists() else set()
+        start += count  # past every seed tried: one the expert failed stays failed (it once retried 53-54 forever)
     return len(seeds)
 
 
