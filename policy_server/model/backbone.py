@@ -7,14 +7,22 @@ Names follow HF GPT-2 (`h.N.ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp.c_
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from policy_server.model.config import BackboneConfig
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
+AttentionMask = Union[torch.Tensor, "BlockMask"]  # a bool table for SDPA, or the same table as a BlockMask
 
 
 class CausalFreeAttention(nn.Module):
@@ -25,12 +33,41 @@ class CausalFreeAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.hidden, cfg.hidden)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.c_attn(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, L, d/h)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        if isinstance(mask, torch.Tensor):
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:
+            if p:
+                raise ValueError("flex attention is a serving path: it has no attention dropout (call .eval())")
+            y = flex_attention(q, k, v, mask)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, n, d)))
+
+
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask) -> torch.Tensor:
+    """FlexAttention under a block mask: compiled into one fused kernel on CUDA, the eager (unfused,
+    numerically the same) implementation elsewhere, so the CPU tests run the same call.
+
+    torch.compile's automatic dynamic shapes turn the second window length it sees into a symbolic
+    one, so an episode's growing window costs two compilations, not one per length.
+    """
+    from torch.nn.attention import flex_attention as flex
+
+    if q.is_cuda:
+        return _compiled_flex()(q, k, v, block_mask=mask)
+    with warnings.catch_warnings():  # the eager path warns that it is unfused, which on CPU is the point
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex.flex_attention(q, k, v, block_mask=mask)
+
+
+@functools.cache
+def _compiled_flex() -> Callable[..., torch.Tensor]:
+    """One compiled FlexAttention per process, built on first CUDA use (compiling costs seconds)."""
+    from torch.nn.attention import flex_attention as flex
+
+    return torch.compile(flex.flex_attention)
 
 
 class FeedForward(nn.Module):
@@ -52,13 +89,13 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.hidden, eps=1e-5)
         self.mlp = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
 class Backbone(nn.Module):
-    """(B, L, H) tokens + (L, L) bool mask -> (B, L, H)."""
+    """(B, L, H) tokens + (L, L) bool mask (or the same table as a FlexAttention BlockMask) -> (B, L, H)."""
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
@@ -66,7 +103,7 @@ class Backbone(nn.Module):
         self.h = nn.ModuleList(GPT2Block(cfg) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.hidden, eps=1e-5)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
         x = self.drop(x)
         for block in self.h:
             x = block(x, mask)

@@ -16,20 +16,29 @@ Per timestep the backbone sees T tokens (see config.ModelConfig):
     U (queries)  <dream> groups, V*G each, in DREAM_ORDER | <action> (K)
 A frame's context tokens do not depend on where the frame sits in the window (the per-timestep
 embedding is added afterwards), which is what makes the serving engine's history cache exact.
+No token attends to an earlier timestep's queries, so serving (`run_backbone_newest`) keeps every
+timestep's C context tokens and only the newest timestep's U queries: W*C + U tokens instead of W*T.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from policy_server.model.action_head import ActionHead
-from policy_server.model.attention_mask import build_attention_mask, step_layout
-from policy_server.model.backbone import Backbone, load_gpt2_weights
+from policy_server.model.attention_mask import (
+    build_attention_mask,
+    flex_block_mask,
+    prune_attention_mask,
+    serving_token_index,
+    step_layout,
+)
+from policy_server.model.backbone import AttentionMask, Backbone, load_gpt2_weights
 from policy_server.model.config import ModelConfig
 from policy_server.model.knowledge import (
     build_decoders,
@@ -45,6 +54,10 @@ from policy_server.model.text import TextEncoder
 from policy_server.model.vision import PerceiverResampler, VisionEncoder, load_mae_encoder
 
 log = logging.getLogger(__name__)
+
+# How the serving backbone attends: SDPA under the boolean table, or FlexAttention under the same table as a
+# block mask (a path a fused GPU kernel can take; on CPU its eager form, for the equality tests).
+Attention = Literal["sdpa", "flex"]
 
 
 @dataclass
@@ -99,6 +112,8 @@ class DreamVLA(nn.Module):
         layout = step_layout(cfg.context_tokens, [(m, group) for m in cfg.dream_order], cfg.action.chunk)
         self.register_buffer("attention_mask", build_attention_mask(cfg.sequence_length, layout, cfg.attention),
                              persistent=False)  # (S*T, S*T) bool
+        # serving_mask's cache: (window length, attention, device) -> (kept positions, their mask)
+        self._serving_masks: dict[tuple[int, str, torch.device], tuple[torch.Tensor, AttentionMask]] = {}
         pretrained = {"text_encoder": load_pretrained and cfg.text.pretrained is not None,
                       "vision_encoder": load_pretrained and cfg.vision.pretrained is not None,
                       "backbone": load_pretrained and cfg.backbone.pretrained is not None}
@@ -152,12 +167,8 @@ class DreamVLA(nn.Module):
 
     # ------------------------------------------------------------------------------- backbone
 
-    def run_backbone(self, text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """text (B, H), frames (B, W, C-1, H), W <= S -> hidden states (B, W, T, H).
-
-        Fewer than S frames is the start of an episode: under the block-causal mask this equals the
-        released code's repeat-padding read at index W-1, without computing the padding.
-        """
+    def embed_window(self, text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """text (B, H), frames (B, W, C-1, H), W <= S -> every token of the window, embedded: (B, W, T, H)."""
         b, w, _, h = frames.shape
         if w > self.cfg.sequence_length:
             raise ValueError(f"window of {w} frames exceeds sequence_length {self.cfg.sequence_length}")
@@ -168,27 +179,82 @@ class DreamVLA(nn.Module):
             frames,
             queries[None, None].expand(b, w, -1, -1).to(frames.dtype),
         ], dim=2)  # (B, W, T, H)
-        x = self.embedding_layer_norm(x + self.time_embedding[:w, None])
-        t = x.shape[2]
+        return self.embedding_layer_norm(x + self.time_embedding[:w, None])
+
+    def run_backbone(self, text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """text (B, H), frames (B, W, C-1, H), W <= S -> hidden states of the whole window (B, W, T, H).
+
+        Fewer than S frames is the start of an episode: under the block-causal mask this equals the
+        released code's repeat-padding read at index W-1, without computing the padding.
+        """
+        x = self.embed_window(text, frames)
+        b, w, t, h = x.shape
         y = self.backbone(x.reshape(b, w * t, h), self.attention_mask[: w * t, : w * t])
         return y.view(b, w, t, h)
 
+    def run_backbone_newest(self, text: torch.Tensor, frames: torch.Tensor,
+                            attention: Attention = "sdpa") -> torch.Tensor:
+        """text (B, H), frames (B, W, C-1, H) -> hidden states of the newest timestep's queries (B, U, H).
+
+        The serving sequence: every timestep's context tokens and the newest timestep's queries only (W*C + U
+        tokens instead of W*T). No kept token attends to a dropped one (`prune_attention_mask` checks), so the
+        outputs equal `run_backbone`'s up to float summation order. `attention="flex"` runs FlexAttention
+        under the same table as a block mask.
+        """
+        keep, mask = self.serving_mask(frames.shape[1], attention)
+        x = self.embed_window(text, frames).flatten(1, 2)[:, keep]  # (B, W*C + U, H)
+        return self.backbone(x, mask)[:, -self.cfg.query_tokens :]
+
+    def serving_mask(self, steps: int, attention: Attention = "sdpa") -> tuple[torch.Tensor, AttentionMask]:
+        """(kept token positions, their mask) for a window of `steps` frames: built once per window length,
+        attention kind and device, then reused by every step."""
+        key = (steps, attention, self.attention_mask.device)
+        if key not in self._serving_masks:
+            t = self.cfg.tokens_per_step
+            keep = serving_token_index(steps, self.cfg.context_tokens, t).to(self.attention_mask.device)
+            table = prune_attention_mask(self.attention_mask[: steps * t, : steps * t], keep)
+            if attention == "sdpa":
+                self._serving_masks[key] = keep, table
+            elif attention == "flex":
+                self._serving_masks[key] = keep, flex_block_mask(table)
+            else:
+                raise ValueError(f"unknown attention {attention!r}; choose 'sdpa' or 'flex'")
+        return self._serving_masks[key]
+
+    def split_queries(self, queries: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Query outputs (..., U, H) -> {modality: (..., V*G, H)} and 'action': (..., K, H)."""
+        start, out, n = 0, {}, self.cfg.dream_group_tokens
+        for m in self.cfg.dream_order:
+            out[m] = queries[..., start : start + n, :]
+            start += n
+        out["action"] = queries[..., start:, :]
+        return out
+
     def query_outputs(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split the U part of (B, W, T, H) into {modality: (B, W, V*G, H)} and 'action': (B, W, K, H)."""
-        start, out, n = self.cfg.context_tokens, {}, self.cfg.dream_group_tokens
-        for m in self.cfg.dream_order:
-            out[m] = hidden[:, :, start : start + n]
-            start += n
-        out["action"] = hidden[:, :, start:]
-        return out
+        return self.split_queries(hidden[:, :, self.cfg.context_tokens :])
 
     # ------------------------------------------------------------------------------ inference
 
+    def action_condition(self, text: torch.Tensor, frames: torch.Tensor, *, prune: bool = True,
+                         attention: Attention = "sdpa") -> torch.Tensor:
+        """text (B, H), frames (B, W, C-1, H) -> the newest timestep's <action> outputs (B, K, H).
+
+        `prune=False` runs the full window (every timestep's queries), as training does; kept for the
+        equality tests and the benchmark.
+        """
+        if prune:
+            return self.split_queries(self.run_backbone_newest(text, frames, attention))["action"]
+        if attention != "sdpa":
+            raise ValueError("flex attention serves the pruned sequence only (prune=True)")
+        return self.query_outputs(self.run_backbone(text, frames))["action"][:, -1]
+
     @torch.no_grad()
     def predict(self, text: torch.Tensor, frames: torch.Tensor, noise: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, *, prune: bool = True,
+                attention: Attention = "sdpa") -> torch.Tensor:
         """text (B, H), frames (B, W, C-1, H) -> chunk (B, K, 7) for the newest frame, in model units."""
-        cond = self.query_outputs(self.run_backbone(text, frames))["action"][:, -1]  # (B, K, H)
+        cond = self.action_condition(text, frames, prune=prune, attention=attention)  # (B, K, H)
         return self.action_head.sample(cond.float(), noise=noise, generator=generator)
 
     # ------------------------------------------------------------------------------- training

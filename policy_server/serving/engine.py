@@ -21,7 +21,7 @@ import torch
 from dreamvla_client.conventions import STATE_DIM
 from dreamvla_client.protocol import WireObservation
 from policy_server.model.checkpoint import CheckpointMeta, load_checkpoint
-from policy_server.model.dreamvla import DreamVLA
+from policy_server.model.dreamvla import Attention, DreamVLA
 from policy_server.model.text import Tokenizer
 from policy_server.model.vision import preprocess_images
 
@@ -55,19 +55,26 @@ class PolicyEngine:
     """DreamVLA without knowledge decoders, ready for per-step serving."""
 
     def __init__(self, model: DreamVLA, meta: CheckpointMeta | None, tokenizer: Tokenizer, *,
-                 device: str | torch.device = "cpu", precision: Precision | None = None) -> None:
+                 device: str | torch.device = "cpu", precision: Precision | None = None, prune: bool = True,
+                 attention: Attention = "sdpa") -> None:
+        """`prune`: the backbone sees every frame's context tokens but only the newest frame's queries (exact,
+        about half the tokens; False runs the full window as training does). `attention="flex"`: FlexAttention
+        under a block mask, compiled on CUDA (off by default until timed on a GPU: `dv-bench model`)."""
         if model.decoders is not None:
             raise ValueError("the serving engine takes a model built without knowledge decoders")
+        if attention == "flex" and not prune:
+            raise ValueError("attention='flex' serves the pruned sequence only (prune=True)")
         self.device = torch.device(device)
         self.precision = precision or default_precision(self.device)
+        self.prune, self.attention = prune, attention
         self.model = model.to(self.device).eval()
         self.meta, self.tokenizer, self.cfg = meta, tokenizer, model.cfg
 
     @classmethod
-    def from_checkpoint(cls, directory: Path, *, device: str = "cpu",
-                        precision: Precision | None = None) -> PolicyEngine:
+    def from_checkpoint(cls, directory: Path, *, device: str = "cpu", precision: Precision | None = None,
+                        attention: Attention = "sdpa") -> PolicyEngine:
         model, meta, tokenizer = load_checkpoint(directory, with_decoders=False)
-        return cls(model, meta, tokenizer, device=device, precision=precision)
+        return cls(model, meta, tokenizer, device=device, precision=precision, attention=attention)
 
     @contextlib.contextmanager
     def inference_context(self) -> Iterator[None]:
@@ -142,7 +149,7 @@ class PolicyEngine:
             for members in groups.values():
                 text = torch.cat([histories[i].text for i in members])  # (n, H)
                 frames = torch.stack([torch.stack(list(histories[i].frames)) for i in members])  # (n, k, A-1, H)
-                out = self.model.query_outputs(self.model.run_backbone(text, frames))["action"][:, -1]
+                out = self.model.action_condition(text, frames, prune=self.prune, attention=self.attention)
                 for i, c in zip(members, out, strict=True):
                     cond[i] = c
             timing["backbone"] = time.perf_counter() - start
@@ -154,5 +161,6 @@ class PolicyEngine:
     def _predict(self, text: torch.Tensor, frames: torch.Tensor, noise: torch.Tensor | None,
                  generator: torch.Generator | None) -> np.ndarray:
         with self.inference_context():
-            actions = self.model.predict(text, frames[None], noise=noise, generator=generator)  # frames (k, A-1, H)
+            actions = self.model.predict(text, frames[None], noise=noise, generator=generator,  # frames (k, A-1, H)
+                                         prune=self.prune, attention=self.attention)
         return actions[0].float().cpu().numpy()
