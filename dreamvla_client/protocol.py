@@ -229,27 +229,59 @@ MESSAGES: dict[str, type[Message]] = {m.model_fields["type"].default: m for m in
 DESCRIPTOR_KEYS = frozenset(("$nd", "dtype", "shape"))
 
 
-def _encode_arrays(value: Any, frames: list[Any]) -> Any:
-    """Replace numpy arrays by descriptors, appending their buffers to `frames`."""
+_SCALARS = (str, int, float, bool, type(None), bytes)  # what msgpack packs as is
+_SCALAR_TYPES = frozenset(_SCALARS)
+# dtype -> wire name, both byte orders (numpy's `dtype.name` is Python code, slow enough to show per frame)
+_WIRE_NAMES = {dt.newbyteorder(order): name for name, dt in DTYPES.items() for order in "<>"}
+
+
+def _wire_array(value: np.ndarray, frames: list[Any]) -> dict[str, Any]:
+    """An array's descriptor; its C-order buffer (no copy when it is already one) goes to `frames`."""
+    name = _WIRE_NAMES.get(value.dtype)  # byte order aside: '>f4' is float32 too and is converted below
+    if name is None:
+        raise ProtocolError("bad_array", f"dtype {value.dtype} is not one of {sorted(DTYPES)}")
+    arr = value.astype(DTYPES[name], order="C", copy=False)  # keeps 0-d shapes, unlike ascontiguousarray
+    frames.append(memoryview(arr).cast("B") if arr.size else b"")
+    return {"$nd": len(frames) - 1, "dtype": name, "shape": list(arr.shape)}
+
+
+def _to_wire(value: Any, frames: list[Any]) -> Any:
+    """A message's value as msgpack primitives: nested models become maps of their fields (in field order,
+    as `model_dump` gives them) and numpy arrays descriptors, their buffers appended to `frames`. One walk
+    over the model's own attributes: `model_dump` followed by a second walk cost twice as much."""
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return value
+    if kind is dict:
+        return {k: v if type(v) in _SCALAR_TYPES else _to_wire(v, frames) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _SCALAR_TYPES else _to_wire(v, frames) for v in value]
     if isinstance(value, np.ndarray):
-        name = value.dtype.name  # byte order aside: '>f4' is float32 too and is converted below
-        if name not in DTYPES:
-            raise ProtocolError("bad_array", f"dtype {value.dtype} is not one of {sorted(DTYPES)}")
-        arr = value.astype(DTYPES[name], order="C", copy=False)  # keeps 0-d shapes, unlike ascontiguousarray
-        frames.append(memoryview(arr).cast("B") if arr.size else b"")
-        return {"$nd": len(frames) - 1, "dtype": name, "shape": list(arr.shape)}
+        return _wire_array(value, frames)
+    if isinstance(value, BaseModel):
+        return {k: v if type(v) in _SCALAR_TYPES else _to_wire(v, frames) for k, v in value.__dict__.items()}
     if isinstance(value, dict):
-        return {k: _encode_arrays(v, frames) for k, v in value.items()}
+        return {k: _to_wire(v, frames) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_encode_arrays(v, frames) for v in value]
-    return value
+        return [_to_wire(v, frames) for v in value]
+    return value  # a scalar's subclass (np.float64 is a float): msgpack packs it as its base
+
+
+def encode_parts(message: Message) -> tuple[dict[str, Any], list[Any]]:
+    """(header map, array buffers): `encode` before its header is packed, for a sender that still has a
+    number to put in the header (the server's `send` stage is the time this took)."""
+    buffers: list[Any] = []
+    return _to_wire(message, buffers), buffers
+
+
+def pack(header: dict[str, Any], buffers: list[Any]) -> list[Any]:
+    """A header map and its array buffers -> frames ready for `socket.send_multipart(frames, copy=False)`."""
+    return [msgpack.packb(header, use_bin_type=True), *buffers]
 
 
 def encode(message: Message) -> list[Any]:
     """Message -> frames ready for `socket.send_multipart(frames, copy=False)`."""
-    buffers: list[Any] = []
-    header = _encode_arrays(message.model_dump(), buffers)
-    return [msgpack.packb(header, use_bin_type=True), *buffers]
+    return pack(*encode_parts(message))
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -267,18 +299,24 @@ def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
 
 
 def _check_structure(value: Any, limit: int, level: int = 0) -> None:
-    """Nesting within `limit`, and str keys only (msgpack's strict_map_key lets bin keys through)."""
+    """Nesting within `limit`, and str keys only (msgpack's strict_map_key lets bin keys through).
+    Only containers are visited: a container at `limit` must be empty (its children would be deeper)."""
     if level > limit:
         raise ProtocolError("bad_message", f"nesting deeper than {limit}")
-    if isinstance(value, dict):
+    if type(value) is dict:
         for key in value:
             if type(key) is not str:
                 raise ProtocolError("bad_message", f"map key {key!r} is not a str")
-        children = value.values()
+        children: Any = value.values()
+    elif type(value) is list:
+        children = value
     else:
-        children = value if isinstance(value, list) else ()
+        return
+    if value and level == limit:
+        raise ProtocolError("bad_message", f"nesting deeper than {limit}")
     for child in children:
-        _check_structure(child, limit, level + 1)
+        if type(child) is dict or type(child) is list:
+            _check_structure(child, limit, level + 1)
 
 
 def _decode_array(desc: dict[str, Any], frames: Sequence[bytes], limits: Limits) -> np.ndarray:
@@ -312,12 +350,13 @@ def _is_descriptor(value: dict[str, Any]) -> bool:
 
 
 def _decode_arrays(value: Any, frames: Sequence[bytes], limits: Limits) -> Any:
-    if isinstance(value, dict):
+    if type(value) is dict:
         if _is_descriptor(value):
             return _decode_array(value, frames, limits)
-        return {k: _decode_arrays(v, frames, limits) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_arrays(v, frames, limits) for v in value]
+        return {k: _decode_arrays(v, frames, limits) if type(v) is dict or type(v) is list else v
+                for k, v in value.items()}
+    if type(value) is list:
+        return [_decode_arrays(v, frames, limits) if type(v) is dict or type(v) is list else v for v in value]
     return value
 
 
@@ -333,19 +372,33 @@ def _readable_ids(header: dict[str, Any]) -> dict[str, Any]:
     return ids
 
 
-def _parse_header(head: Any, limits: Limits) -> dict[str, Any]:
-    """Frame 0 -> a map of msgpack primitives with str keys, each key once, within the limits."""
+def _unpack(head: Any, limits: Limits) -> Any:
+    """Frame 0 unpacked, every map's keys checked unique. The fast path parses once without a hook: a header
+    that packs back to its own bytes names no key twice (a dict cannot), which is what this codec's encoders
+    send. Anything else (another encoder's choices, a key twice, broken bytes) is parsed again map by map,
+    so its result or error is the hook's."""
+    options: dict[str, Any] = dict(
+        raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext, timestamp=0,
+        max_str_len=limits.max_str_len, max_bin_len=limits.max_str_len,
+        max_array_len=limits.max_container_len, max_map_len=limits.max_container_len, max_ext_len=0,
+    )
     try:
-        raw = msgpack.unpackb(
-            head, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext, timestamp=0,
-            object_pairs_hook=_unique_keys,
-            max_str_len=limits.max_str_len, max_bin_len=limits.max_str_len,
-            max_array_len=limits.max_container_len, max_map_len=limits.max_container_len, max_ext_len=0,
-        )
+        raw = msgpack.unpackb(head, **options)
+        if isinstance(raw, dict) and msgpack.packb(raw, use_bin_type=True) == head:
+            return raw
+    except Exception:  # reported by the careful parse below, with the message it gives
+        pass
+    try:
+        return msgpack.unpackb(head, object_pairs_hook=_unique_keys, **options)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises FormatError, ExtraData, StackError, ValueError, ...
         raise ProtocolError("bad_message", f"not a valid msgpack header: {type(exc).__name__}: {exc}") from None
+
+
+def _parse_header(head: Any, limits: Limits) -> dict[str, Any]:
+    """Frame 0 -> a map of msgpack primitives with str keys, each key once, within the limits."""
+    raw = _unpack(head, limits)
     if not isinstance(raw, dict):
         raise ProtocolError("bad_message", f"header must be a msgpack map, got {type(raw).__name__}")
     _check_structure(raw, limits.max_depth)

@@ -51,6 +51,8 @@ from dreamvla_client.protocol import (
     WireObservation,
     decode,
     encode,
+    encode_parts,
+    pack,
 )
 from dreamvla_client.security import check_bind_policy, secure_server, start_authenticator
 from policy_server.serving.tables import ExpiringMap
@@ -500,27 +502,22 @@ class PolicyServer:
     # --------------------------------------------------------------------------- replies
 
     def _reply_finished(self) -> None:
-        while True:
+        """Answer one finished batch. The worker queues a batch, then sends one wake-up for it, so a
+        wake-up received means a batch is waiting; further batches have wake-ups of their own, which the
+        next poll returns at once (no empty read ends each turn: pyzmq's Again costs more than the read)."""
+        self._wake_rx.recv()
+        jobs = self._done.get_nowait()
+        self._counters["batches"] += 1
+        self._last_batch = len(jobs)
+        for job in jobs:
+            self._in_flight -= 1
             try:
-                self._wake_rx.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-        while True:
-            try:
-                jobs = self._done.get_nowait()
-            except queue.Empty:
-                return
-            self._counters["batches"] += 1
-            self._last_batch = len(jobs)
-            for job in jobs:
-                self._in_flight -= 1
-                try:
-                    self._reply_job(job)
-                except Exception as exc:  # a bug must cost this reply, never the socket thread
-                    log.exception("reply failed")
-                    self._send_error(job.identity, ProtocolError("internal", f"the reply failed: "
-                                                                             f"{type(exc).__name__}: {exc}"),
-                                     job.request)
+                self._reply_job(job)
+            except Exception as exc:  # a bug must cost this reply, never the socket thread
+                log.exception("reply failed")
+                self._send_error(job.identity, ProtocolError("internal", f"the reply failed: "
+                                                                         f"{type(exc).__name__}: {exc}"),
+                                 job.request)
 
     def _reply_job(self, job: _Job) -> None:
         request = job.request
@@ -534,14 +531,16 @@ class PolicyServer:
             self._send_chunk(job)
 
     def _send_chunk(self, job: _Job) -> None:
-        """The chunk's `send` stage is the time to encode this reply (measured on a first encoding with
-        send = 0, then encoded again with the number in: a reply cannot time its own transmission)."""
+        """The chunk's `send` stage is the time to encode this reply: its header map and array frames, all
+        but packing the header that carries the number (a reply cannot time its own transmission). One
+        encoding: the number is put into the header map before it is packed."""
         chunk = job.reply
         assert chunk is not None, "a finished infer without an error has its reply"
         start = time.perf_counter()
-        encode(chunk)
-        chunk.timing_ms["send"] = (time.perf_counter() - start) * 1e3  # the model holds its own copy
-        self._send(job.identity, chunk)
+        header, buffers = encode_parts(chunk)
+        send_ms = (time.perf_counter() - start) * 1e3
+        header["timing_ms"]["send"] = chunk.timing_ms["send"] = send_ms
+        self._send_frames(job.identity, pack(header, buffers), chunk.type)
         self._latency.add_timing(chunk.timing_ms)
 
     def _send_error(self, identity: bytes, exc: ProtocolError, request: Message | None = None) -> None:
@@ -554,13 +553,16 @@ class PolicyServer:
         self._send(identity, Error(code=exc.code, message=exc.message, **(exc.reply | ids)))
 
     def _send(self, identity: bytes, message: Message) -> None:
+        self._send_frames(identity, encode(message), message.type)
+
+    def _send_frames(self, identity: bytes, frames: list[Any], kind: str) -> None:
         """Never blocks: a client that left (EHOSTUNREACH) or stopped reading (HWM) loses its reply."""
         try:
-            self._sock.send_multipart([identity, *encode(message)], flags=zmq.NOBLOCK, copy=False)
+            self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
             self._counters["replies"] += 1
         except zmq.ZMQError as exc:
             self._counters["unroutable"] += 1
-            log.info("reply dropped type=%s reason=%s", message.type, exc)
+            log.info("reply dropped type=%s reason=%s", kind, exc)
 
     # ------------------------------------------------------------------------ housekeeping
 
