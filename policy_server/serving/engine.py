@@ -24,6 +24,7 @@ from policy_server.model.checkpoint import CheckpointMeta, load_checkpoint
 from policy_server.model.dreamvla import Attention, DreamVLA
 from policy_server.model.text import Tokenizer
 from policy_server.model.vision import preprocess_images
+from policy_server.serving.sampler_graph import install_sampler_graphs
 
 Precision = Literal["bf16", "fp32"]
 
@@ -56,10 +57,12 @@ class PolicyEngine:
 
     def __init__(self, model: DreamVLA, meta: CheckpointMeta | None, tokenizer: Tokenizer, *,
                  device: str | torch.device = "cpu", precision: Precision | None = None, prune: bool = True,
-                 attention: Attention = "sdpa") -> None:
+                 attention: Attention = "sdpa", sampler_graphs: bool | None = None) -> None:
         """`prune`: the backbone sees every frame's context tokens but only the newest frame's queries (exact,
         about half the tokens; False runs the full window as training does). `attention="flex"`: FlexAttention
-        under a block mask, compiled on CUDA (off by default until timed on a GPU: `dv-bench model`)."""
+        under a block mask, compiled on CUDA (off by default until timed on a GPU: `dv-bench model`).
+        `sampler_graphs`: replay the 10-step diffusion sampler from one CUDA graph per batch size (None: on
+        exactly when the device is CUDA; see policy_server/serving/sampler_graph.py)."""
         if model.decoders is not None:
             raise ValueError("the serving engine takes a model built without knowledge decoders")
         if attention == "flex" and not prune:
@@ -68,13 +71,15 @@ class PolicyEngine:
         self.precision = precision or default_precision(self.device)
         self.prune, self.attention = prune, attention
         self.model = model.to(self.device).eval()
+        self.sampler_graphs = install_sampler_graphs(self.model.action_head, self.device, sampler_graphs)
         self.meta, self.tokenizer, self.cfg = meta, tokenizer, model.cfg
 
     @classmethod
     def from_checkpoint(cls, directory: Path, *, device: str = "cpu", precision: Precision | None = None,
-                        attention: Attention = "sdpa") -> PolicyEngine:
+                        attention: Attention = "sdpa", sampler_graphs: bool | None = None) -> PolicyEngine:
         model, meta, tokenizer = load_checkpoint(directory, with_decoders=False)
-        return cls(model, meta, tokenizer, device=device, precision=precision, attention=attention)
+        return cls(model, meta, tokenizer, device=device, precision=precision, attention=attention,
+                   sampler_graphs=sampler_graphs)
 
     @contextlib.contextmanager
     def inference_context(self) -> Iterator[None]:
