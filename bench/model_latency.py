@@ -4,13 +4,21 @@ Each variant is one steady-state serving step with a full window of `sequence_le
 same observations and the same diffusion noise. Variants are timed round-robin (the starting variant
 rotates every round), so drift in clock speed or cache state hits all of them alike and the ratios
 are comparable. Weights are random: latency depends on shapes, not on weight values.
+
+Variants: `recompute` re-encodes the whole window (the released code's way); `cached` is the serving
+engine's step (history cache, pruned sequence: every frame's context tokens, the newest frame's queries);
+`cached-full-seq` the same step over the full window's tokens (what serving ran before pruning);
+`cached+decoders` adds every knowledge decoder; `cached+flex` runs the backbone's attention through
+FlexAttention (a compiled fused kernel on CUDA, its eager form on CPU). The code is the same on CPU and
+CUDA; on CUDA each timed step ends with a synchronize.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -25,6 +33,8 @@ from policy_server.serving.engine import EpisodeHistory, PolicyEngine, Precision
 
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 RECOMPUTE, CACHED, DECODERS = "recompute", "cached", "cached+decoders"
+FULL_SEQ, FLEX = "cached-full-seq", "cached+flex"
+VARIANTS = (RECOMPUTE, CACHED, FULL_SEQ, DECODERS, FLEX)
 CAMERA_SHAPE = (480, 640, 3)  # a RealSense D415 colour frame
 INSTRUCTION = "pick up the bottle"
 
@@ -63,6 +73,8 @@ class BenchResult:
     iters: int
     warmup: int
     sequence_length: int
+    full_tokens: int  # backbone tokens of a full window (cached-full-seq, recompute before pruning)
+    serving_tokens: int  # backbone tokens of the pruned serving sequence (cached, cached+flex)
     tokenizer_note: str
     timings: list[Timing]
     ratios: list[Ratio]
@@ -103,11 +115,12 @@ def step_with_decoders(engine: PolicyEngine, decoders: nn.ModuleDict, history: E
     model, k = engine.model, engine.cfg.dream_queries_per_view
     history.frames.append(engine.encode([obs])[0])
     with engine.inference_context():  # the same inference_mode/autocast policy as engine.step
-        outputs = model.query_outputs(model.run_backbone(history.text, torch.stack(list(history.frames))[None]))
+        # the pruned serving sequence still computes the newest timestep's <dream> outputs, all a decoder reads
+        outputs = model.split_queries(model.run_backbone_newest(history.text, torch.stack(list(history.frames))[None]))
         for modality, decoder in decoders.items():
             for view in range(len(engine.cfg.cameras)):
-                decoder(outputs[modality][:, -1, view * k : (view + 1) * k])
-        actions = model.action_head.sample(outputs["action"][:, -1].float(), noise=noise)
+                decoder(outputs[modality][:, view * k : (view + 1) * k])
+        actions = model.action_head.sample(outputs["action"].float(), noise=noise)
     return actions[0].float().cpu().numpy()
 
 
@@ -118,27 +131,38 @@ def _full_history(engine: PolicyEngine, window: list[WireObservation]) -> Episod
     return history
 
 
-def serving_steps(cfg: ModelConfig, tokenizer: Tokenizer, device: torch.device,
-                  seed: int) -> dict[tuple[str, Precision], Step]:
+def serving_steps(cfg: ModelConfig, tokenizer: Tokenizer, device: torch.device, seed: int,
+                  variants: Sequence[str] = VARIANTS,
+                  precisions: Sequence[Precision] = PRECISIONS) -> dict[tuple[str, Precision], Step]:
     """One zero-argument step per (variant, precision), all sharing the same model weights and inputs.
 
     The decoders are built exactly as `DreamVLA(with_decoders=True)` builds them; they read only the
     backbone's outputs, so pairing them with the serving model costs what a decoder model would.
     """
+    unknown = sorted(set(variants) - set(VARIANTS)) + sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        raise ValueError(f"unknown benchmark variant or precision {unknown}; variants: {list(VARIANTS)}, "
+                         f"precisions: {list(PRECISIONS)}")
     torch.manual_seed(seed)
     model = DreamVLA(cfg, with_decoders=False, load_pretrained=False)
-    decoders = build_decoders(cfg).to(device).eval()
+    decoders = build_decoders(cfg).to(device).eval() if DECODERS in variants else None
     window = synthetic_window(cfg, seed)
     noise = torch.randn((1, cfg.action.chunk, cfg.action.dim), generator=torch.Generator().manual_seed(seed))
     noise = noise.to(device)
     steps: dict[tuple[str, Precision], Step] = {}
-    for precision in PRECISIONS:
-        engine = PolicyEngine(model, None, tokenizer, device=device, precision=precision)
-        cached, decoded = _full_history(engine, window), _full_history(engine, window)
-        # Default arguments bind this iteration's engine and histories.
-        steps[RECOMPUTE, precision] = lambda e=engine: e.step_recompute(INSTRUCTION, window, noise=noise)
-        steps[CACHED, precision] = lambda e=engine, h=cached: e.step(h, window[-1], noise=noise)
-        steps[DECODERS, precision] = lambda e=engine, h=decoded: step_with_decoders(e, decoders, h, window[-1], noise)
+    for precision in precisions:
+        engines = {CACHED: PolicyEngine(model, None, tokenizer, device=device, precision=precision),
+                   FULL_SEQ: PolicyEngine(model, None, tokenizer, device=device, precision=precision, prune=False),
+                   FLEX: PolicyEngine(model, None, tokenizer, device=device, precision=precision, attention="flex")}
+        for variant in variants:
+            engine = engines.get(variant, engines[CACHED])  # recompute and decoders: the serving engine
+            if variant == RECOMPUTE:
+                steps[variant, precision] = partial(engine.step_recompute, INSTRUCTION, window, noise=noise)
+            elif variant == DECODERS:
+                steps[variant, precision] = partial(step_with_decoders, engine, decoders,
+                                                    _full_history(engine, window), window[-1], noise)
+            else:  # each cached variant steps its own history
+                steps[variant, precision] = partial(engine.step, _full_history(engine, window), window[-1], noise=noise)
     return steps
 
 
@@ -173,21 +197,30 @@ def summarize(samples: dict[tuple[str, Precision], list[float]]) -> list[Timing]
 
 
 def ratios(timings: list[Timing]) -> list[Ratio]:
-    """The comparisons the benchmark exists for, each from p50s of the same run."""
+    """The comparisons the benchmark exists for, each from p50s of the same run (those whose two variants ran).
+
+    Each ratio reads as a speed-up: today's or the costlier way over the serving step (cached over flex:
+    what FlexAttention gains).
+    """
     p50 = {t.label: t.p50_ms for t in timings}
-    pairs = [(f"{RECOMPUTE} {p}", f"{CACHED} {p}") for p in PRECISIONS]
-    pairs += [(f"{DECODERS} {p}", f"{CACHED} {p}") for p in PRECISIONS]
-    pairs += [(f"{v} fp32", f"{v} bf16") for v in (RECOMPUTE, CACHED, DECODERS)]
-    return [Ratio(num, den, p50[num] / p50[den]) for num, den in pairs]
+    pairs = [(f"{v} {p}", f"{CACHED} {p}") for v in (RECOMPUTE, FULL_SEQ, DECODERS) for p in PRECISIONS]
+    pairs += [(f"{CACHED} {p}", f"{FLEX} {p}") for p in PRECISIONS]
+    pairs += [(f"{v} fp32", f"{v} bf16") for v in VARIANTS]
+    return [Ratio(num, den, p50[num] / p50[den]) for num, den in pairs if num in p50 and den in p50]
 
 
-def run_model_bench(cfg: ModelConfig, *, iters: int, warmup: int, device: str = "cpu", seed: int = 0) -> BenchResult:
-    """Build the model once, time every variant in this process, and derive the ratios."""
+def run_model_bench(cfg: ModelConfig, *, iters: int, warmup: int, device: str = "cpu", seed: int = 0,
+                    variants: Sequence[str] = VARIANTS, precisions: Sequence[Precision] = PRECISIONS) -> BenchResult:
+    """Build the model once, time the variants in this process, and derive the ratios."""
     dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch {torch.__version__} sees no CUDA device")
     tokenizer, tokenizer_note = bench_tokenizer(cfg)
-    timings = summarize(time_interleaved(serving_steps(cfg, tokenizer, dev, seed), iters, warmup, dev))
+    steps = serving_steps(cfg, tokenizer, dev, seed, variants, precisions)
+    timings = summarize(time_interleaved(steps, iters, warmup, dev))
     return BenchResult(
         config=cfg.name, device=str(dev), threads=torch.get_num_threads(), iters=iters, warmup=warmup,
-        sequence_length=cfg.sequence_length, tokenizer_note=tokenizer_note,
+        sequence_length=cfg.sequence_length, full_tokens=cfg.sequence_tokens,
+        serving_tokens=cfg.sequence_length * cfg.context_tokens + cfg.query_tokens, tokenizer_note=tokenizer_note,
         timings=timings, ratios=ratios(timings),
     )
