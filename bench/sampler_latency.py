@@ -6,6 +6,7 @@ Variants, each on the same head, condition and noise:
   graphed    (CUDA only) the planned loop replayed from a CUDA graph (`serving/sampler_graph.py`)
 in fp32 and under bf16 autocast, the engine's two precisions. Timed round-robin with `dv-bench model`'s loop,
 so the ratios compare like with like. Weights are random: latency depends on shapes, not values.
+torch is imported where it is used, so `dv-bench` itself starts without it.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import argparse
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from bench.model_latency import PRECISIONS, Ratio, Timing, summarize, time_interleaved
-from policy_server.model.action_head import ActionHead
-from policy_server.model.config import preset
-from policy_server.serving.engine import Precision
-from policy_server.serving.sampler_graph import GraphedSampler
+if TYPE_CHECKING:
+    import torch
+
+    from bench.model_latency import Ratio, Timing
+    from policy_server.serving.engine import Precision
 
 SCHEDULER, PLANNED, GRAPHED = "scheduler", "planned", "graphed"
 
@@ -45,6 +46,13 @@ class SamplerBench:
 def sampler_steps(name: str, batch: int, device: torch.device, seed: int
                   ) -> dict[tuple[str, Precision], Callable[[], object]]:
     """One zero-argument sampler call per (variant, precision), all on the same head and inputs."""
+    import torch
+
+    from bench.model_latency import PRECISIONS
+    from policy_server.model.action_head import ActionHead
+    from policy_server.model.config import preset
+    from policy_server.serving.sampler_graph import GraphedSampler
+
     cfg = preset(name)
     torch.manual_seed(seed)
     head = ActionHead(cfg.backbone.hidden, cfg.action.chunk, cfg.action.dim, cfg.action_head).to(device).eval()
@@ -67,6 +75,10 @@ def sampler_steps(name: str, batch: int, device: torch.device, seed: int
 
 
 def run_sampler_bench(name: str, *, batch: int, iters: int, warmup: int, device: str, seed: int) -> SamplerBench:
+    import torch
+
+    from bench.model_latency import PRECISIONS, Ratio, summarize, time_interleaved
+
     dev = torch.device(device)
     timings = summarize(time_interleaved(sampler_steps(name, batch, dev, seed), iters, warmup, dev))
     p50 = {t.label: t.p50_ms for t in timings}
@@ -90,6 +102,8 @@ def command(args: argparse.Namespace) -> int:
     if args.iters < 1 or args.warmup < 1 or args.batch < 1:
         raise ValueError("--iters, --warmup and --batch must be >= 1 (a graph is captured in the first round)")
     if args.threads is not None:
+        import torch
+
         torch.set_num_threads(args.threads)
     result = run_sampler_bench(args.config, batch=args.batch, iters=args.iters, warmup=args.warmup,
                                device=args.device, seed=args.seed)
