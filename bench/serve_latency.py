@@ -6,11 +6,13 @@
    All three are timed round-robin in one loop, so load from other programs hits them alike. Because
    that difference of two noisy distributions is coarse on a busy machine, each reply's own compute
    stages (encode + backbone + diffusion, reported by the server in `timing_ms`) are also subtracted
-   from its round trip: the paired overhead.
-2. Transport alone: our echo server (`dv-serve --echo`) and `PolicyClient`, next to openpi's
-   `WebsocketClientPolicy` and an echo server built the way openpi's server is (websockets +
-   `openpi_client.msgpack_numpy`), same payload. Each client is its own process; blocks of requests
-   alternate between the two, so drift hits both.
+   from its round trip: the paired overhead. The server process is reached over tcp loopback and, as a
+   robot on the server's own host would, over ipc:// (a Unix socket). Target: <= 0.5 ms at p50.
+2. Transport alone: our echo server (`dv-serve --echo`, over tcp loopback and over ipc://) and
+   `PolicyClient`, next to openpi's `WebsocketClientPolicy` and an echo server built the way openpi's
+   server is (websockets + `openpi_client.msgpack_numpy`), same payload. Each client is its own process;
+   blocks of requests alternate between them, so drift hits all alike. Target: openpi / ours >= 2x at p50
+   and at p95.
 3. Aggregate throughput with 1, 2, 4, 8 client processes (processes, not threads: threads would share
    one GIL and measure the benchmark's Python rather than the server), batching on and off, against the
    tiny model and an echo with a fixed per-batch delay (which shows batching's effect without CPU
@@ -49,7 +51,8 @@ from policy_server.serving.server import Backend, PolicyServer
 
 REPO = Path(__file__).resolve().parents[1]
 OPENPI_SCRIPTS = Path(__file__).resolve().parent / "openpi"
-TARGET_OVERHEAD_P50_MS = 1.0
+TARGET_OVERHEAD_P50_MS = 0.5  # issue 12: the tiny model's wire overhead at p50
+TARGET_TRANSPORT_RATIO = 2.0  # issue 12: openpi's echo round trip / ours, at p50 and at p95
 COMPUTE_STAGES = ("encode", "backbone", "diffusion")  # the backend's own stages in a chunk's timing_ms
 OFF_WARMUP_S = 0.2  # before a batching-off window: no session count to learn, only the connection to warm
 START_TIMEOUT_S = 180.0  # a model server on a loaded 2-core machine can take a while to import torch
@@ -148,11 +151,11 @@ def project_env() -> dict[str, str]:
     return os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
 
 
-def our_server(stack: ExitStack, log_dir: Path, name: str, *args: str, threads: int | None = None) -> Child:
-    """`dv-serve` as a process on a free loopback port (quiet logs: only warnings); `threads` caps torch's
-    intra-op threads there (OMP_NUM_THREADS), as `torch.set_num_threads` does here."""
-    cmd = [sys.executable, "-m", "policy_server.cli.serve", "--bind", "tcp://127.0.0.1:*", "--log-level", "WARNING",
-           *args]
+def our_server(stack: ExitStack, log_dir: Path, name: str, *args: str, threads: int | None = None,
+               bind: str = "tcp://127.0.0.1:*") -> Child:
+    """`dv-serve` as a process on `bind` (default: a free loopback port; quiet logs: only warnings); `threads`
+    caps torch's intra-op threads there (OMP_NUM_THREADS), as `torch.set_num_threads` does here."""
+    cmd = [sys.executable, "-m", "policy_server.cli.serve", "--bind", bind, "--log-level", "WARNING", *args]
     env = project_env() | ({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})
     return stack.enter_context(_closing(Child(name, cmd, log_dir, env)))
 
@@ -248,20 +251,34 @@ def measure_alternating(clients: dict[str, tuple[Child, dict[str, Any]]], *, ite
     return {k: summarize(k, v) for k, v in samples.items()}
 
 
-def measure_transport(ours: tuple[Child, str], openpi: Child | None, *, iters: int, block: int = 100,
+OPENPI_LABEL = "openpi: websockets + msgpack_numpy"
+
+
+def measure_transport(ours: dict[str, tuple[Child, str]], openpi: Child | None, *, iters: int, block: int = 100,
                       warmup: int = 20, openpi_note: str = "") -> dict[str, Any]:
-    """Echo round trips, our transport and (when available) openpi's, each from its own client process."""
-    worker, endpoint = ours
-    clients = {"ours: ZeroMQ + msgpack frames": (worker, {"op": "latency", "endpoint": endpoint})}
+    """Echo round trips over each of our endpoints (label -> (client process, endpoint): tcp loopback, ipc)
+    and (when available) openpi's, each client in its own process, the same payload; with openpi, the
+    ratio openpi / ours at p50 and p95 for each of ours, against the issue's 2x."""
+    clients = {label: (worker, {"op": "latency", "endpoint": endpoint}) for label, (worker, endpoint) in ours.items()}
     if openpi is not None:
-        clients["openpi: websockets + msgpack_numpy"] = (openpi, {"op": "latency"})
-    summaries = list(measure_alternating(clients, iters=iters, block=block, warmup=warmup).values())
+        clients[OPENPI_LABEL] = (openpi, {"op": "latency"})
+    summaries = measure_alternating(clients, iters=iters, block=block, warmup=warmup)
     result: dict[str, Any] = {"iters": iters, "block": block, "warmup": warmup,
-                              "timings": [asdict(s) for s in summaries], "openpi": openpi_note}
-    if len(summaries) == 2:
-        result["ratio_p50"] = ratio(summaries[1].p50_ms, summaries[0].p50_ms)
-        result["ratio_p95"] = ratio(summaries[1].p95_ms, summaries[0].p95_ms)
+                              "timings": [asdict(s) for s in summaries.values()], "openpi": openpi_note,
+                              "target_ratio": TARGET_TRANSPORT_RATIO}
+    if openpi is not None:
+        result["ratios"] = transport_ratios(summaries[OPENPI_LABEL], [summaries[label] for label in ours])
     return result
+
+
+def transport_ratios(theirs: Summary, ours: Sequence[Summary]) -> list[dict[str, Any]]:
+    """openpi / ours at p50 and p95 for each of ours, and whether both reach TARGET_TRANSPORT_RATIO."""
+    rows = []
+    for mine in ours:
+        p50, p95 = ratio(theirs.p50_ms, mine.p50_ms), ratio(theirs.p95_ms, mine.p95_ms)
+        rows.append({"ours": mine.label, "p50": p50, "p95": p95,
+                     "meets_target": all(r is not None and r >= TARGET_TRANSPORT_RATIO for r in (p50, p95))})
+    return rows
 
 
 def start_openpi(stack: ExitStack, log_dir: Path, venv: Path | None) -> tuple[Child | None, str]:
@@ -382,6 +399,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from policy_server.serving.engine import PolicyEngine
 
     began, load_start = time.perf_counter(), os.getloadavg()
+    if args.device == "cuda" and not torch.cuda.is_available():  # before minutes of server start-up
+        raise ValueError("--device cuda, but torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
     clients = sorted({int(c) for c in args.clients.split(",")})
@@ -394,9 +413,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batching = ("--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms))
         model = ("--ckpt", str(ckpt), "--device", args.device, *batching)
         delay = ("--echo", "--echo-delay-ms", str(args.echo_delay_ms), *batching)
+        ipc = f"ipc://{tmp}/%s.ipc"  # same host: a Unix socket instead of the TCP stack
         servers = {"model-on": our_server(stack, log_dir, "model-on", *model, threads=args.threads),
+                   "model-ipc": our_server(stack, log_dir, "model-ipc", *model, threads=args.threads,
+                                           bind=ipc % "model"),
                    "model-off": our_server(stack, log_dir, "model-off", *model, "--no-batching", threads=args.threads),
                    "echo": our_server(stack, log_dir, "echo", "--echo"),
+                   "echo-ipc": our_server(stack, log_dir, "echo-ipc", "--echo", bind=ipc % "echo"),
                    "delay-on": our_server(stack, log_dir, "delay-on", *delay),
                    "delay-off": our_server(stack, log_dir, "delay-off", *delay, "--no-batching")}
         workers = our_workers(stack, log_dir, max(clients))
@@ -416,11 +439,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(thread_server.stop)
 
         progress.log("transport: our echo vs openpi's")
-        transport = measure_transport((workers[0], endpoints["echo"]), openpi, iters=args.transport_iters,
-                                      openpi_note=openpi_note)
+        transport = measure_transport({"ours: ZeroMQ tcp loopback": (workers[0], endpoints["echo"]),
+                                       "ours: ZeroMQ ipc": (workers[0], endpoints["echo-ipc"])},
+                                      openpi, iters=args.transport_iters, openpi_note=openpi_note)
         progress.log(f"wire overhead: {engine.cfg.name} model, {args.iters} rounds")
-        wire = measure_wire(backend, {"server process": endpoints["model-on"],
-                                      "server thread (this process)": thread_server.endpoint},
+        wire = measure_wire(backend, {"server process, tcp": endpoints["model-on"],
+                                      "server process, ipc": endpoints["model-ipc"],
+                                      "server thread (this process), tcp": thread_server.endpoint},
                             iters=args.iters, warmup=args.warmup)
         wire["model"] = f"{engine.cfg.name} ({ckpt}), {engine.precision} on {engine.device}"
         throughput = measure_throughput(
@@ -508,9 +533,12 @@ def render(result: dict[str, Any], console: Console | None = None) -> None:
     transport = result["transport"]
     console.print(_timings_table(f"2. Transport alone, echo policy ({transport['iters']} round trips each, "
                                  f"alternating blocks of {transport['block']})", transport["timings"]))
-    if "ratio_p50" in transport:
-        console.print(f"openpi / ours: p50 {_x(transport['ratio_p50'])}, p95 {_x(transport['ratio_p95'])}; "
-                      f"openpi side: {escape(transport['openpi'])}")
+    if "ratios" in transport:
+        target = transport["target_ratio"]
+        for row in transport["ratios"]:
+            console.print(f"openpi / {escape(row['ours'])}: p50 {_x(row['p50'])}, p95 {_x(row['p95'])} "
+                          f"(target >= {target:g}x at both: {'met' if row['meets_target'] else 'NOT met'})")
+        console.print(f"openpi side: {escape(transport['openpi'])}")
     else:
         console.print(f"openpi side {escape(transport['openpi'])}")
     console.print(_throughput_table(result["throughput"]))

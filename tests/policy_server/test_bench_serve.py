@@ -42,8 +42,9 @@ def results(tmp_path_factory) -> dict:
         for w in workers:
             assert w.receive()["ready"]
         wire = sl.measure_wire(backend, {"server thread": on.endpoint}, iters=5, warmup=1)
-        transport = sl.measure_transport((workers[0], plain.endpoint), None, iters=10, block=4, warmup=2,
-                                         openpi_note="skipped (test)")
+        ipc = stack.enter_context(serving(EchoBackend(echo_contract()), bind=f"ipc://{log_dir}/echo.ipc"))
+        ours = {"ours tcp": (workers[0], plain.endpoint), "ours ipc": (workers[1], ipc.endpoint)}
+        transport = sl.measure_transport(ours, None, iters=10, block=4, warmup=2, openpi_note="skipped (test)")
         throughput = sl.measure_throughput({"echo": {"on": on.endpoint, "off": off.endpoint}}, workers,
                                            client_counts=[1, 2], duration_s=0.2, warmup_s=0.1, repeats=2)
     return {"wire": wire, "transport": transport, "throughput": throughput}
@@ -58,9 +59,21 @@ def test_wire_overhead_is_consistent(results):
 
 def test_transport_without_openpi(results):
     transport = results["transport"]
-    (ours,) = transport["timings"]
-    assert ours["n"] == 10 and ours["p50_ms"] > 0
-    assert "ratio_p50" not in transport and transport["openpi"] == "skipped (test)"
+    assert [t["label"] for t in transport["timings"]] == ["ours tcp", "ours ipc"]
+    for ours in transport["timings"]:
+        assert ours["n"] == 10 and ours["p50_ms"] > 0
+    assert "ratios" not in transport and transport["openpi"] == "skipped (test)"
+
+
+def test_transport_ratios_are_openpi_over_ours_against_the_2x_target():
+    theirs = sl.Summary("openpi", 10, p50_ms=0.8, p95_ms=1.2, mean_ms=0.9)
+    fast = sl.Summary("ours tcp", 10, p50_ms=0.4, p95_ms=0.5, mean_ms=0.45)
+    slow_tail = sl.Summary("ours ipc", 10, p50_ms=0.3, p95_ms=0.7, mean_ms=0.4)
+    rows = sl.transport_ratios(theirs, [fast, slow_tail])
+    assert [r["ours"] for r in rows] == ["ours tcp", "ours ipc"]
+    assert rows[0]["p50"] == pytest.approx(2.0) and rows[0]["p95"] == pytest.approx(2.4) and rows[0]["meets_target"]
+    assert rows[1]["p50"] == pytest.approx(0.8 / 0.3) and rows[1]["p95"] == pytest.approx(1.2 / 0.7)
+    assert not rows[1]["meets_target"]  # both percentiles must reach 2x
 
 
 def test_throughput_is_consistent(results):

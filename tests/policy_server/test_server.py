@@ -156,6 +156,22 @@ def test_round_trip_echo(batching):
 
 
 
+def test_ipc_endpoint_serves_a_keyless_client_and_the_sent_send_stage_is_the_recorded_one(tmp_path):
+    """A robot on the server's host may use ipc:// (a Unix socket, local like loopback: no key needed). The
+    chunk is encoded once: the `send` stage it carries is the very number the server's statistics hold."""
+    contract = robot_contract()
+    endpoint = f"ipc://{tmp_path}/dv-serve.ipc"
+    with serving(EchoBackend(echo_contract()), endpoint) as server, \
+            PolicyClient(server.endpoint, contract, client_id="arm") as client:
+        assert server.endpoint == endpoint
+        client.reset("s", "ep", "pick up the bottle")
+        images, state = observation(contract, np.random.default_rng(3))
+        chunk = client.infer("s", images, state, {"state": 1, "static": 2, "wrist": 3})
+        np.testing.assert_array_equal(chunk.actions, echo_of(state))
+        send = client.stats().stages_ms["send"]
+        assert send["count"] == 1 and send["p50"] == chunk.timing_ms["send"] > 0
+
+
 def test_stats_reply_counts_every_chunk_in_bounded_memory():
     """`stats_reply.stages_ms` is the protocol's {p50, p95, p99, count} per stage (floats) from the one latency
     type the robot uses too: the count stays exact past the sample it keeps, and the reply passes the schema."""
