@@ -26,6 +26,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from dreamvla_client.conventions import ACTION_DIM
+from dreamvla_client.frames import NOBLOCK, recv_frames, send_frames
 from dreamvla_client.protocol import (
     DEFAULT_LIMITS,
     REPLIES,
@@ -223,14 +224,14 @@ class PolicyClient:
         that answer something else (a different seq) are discarded and counted."""
         deadline = time.monotonic() + timeout_s
         try:
-            self._socket.send_multipart(encode(request), flags=zmq.NOBLOCK, copy=False)
+            send_frames(self._socket, encode(request), NOBLOCK)
         except zmq.Again:
             return self._timeout(request, timeout_s)
         while True:
             remaining_ms = math.ceil((deadline - time.monotonic()) * 1e3)
             if remaining_ms <= 0 or not self._wait(remaining_ms):
                 return self._timeout(request, timeout_s)
-            frames = self._socket.recv_multipart(copy=False)
+            frames = recv_frames(self._socket)
             try:
                 reply = decode([f.buffer for f in frames], limits=self._limits, accept=REPLIES)
             except ProtocolError as exc:

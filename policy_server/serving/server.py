@@ -29,6 +29,7 @@ import numpy as np
 import zmq
 
 from dreamvla_client.contract import ObservationCheck, OutputCheck, contract_mismatches
+from dreamvla_client.frames import NOBLOCK, recv_frames, send_frames
 from dreamvla_client.latency import LatencyStats
 from dreamvla_client.protocol import (
     DEFAULT_LIMITS,
@@ -402,7 +403,7 @@ class PolicyServer:
         for _ in range(budget):
             start = time.perf_counter()
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self._sock, NOBLOCK)
             except zmq.Again:
                 return
             receive_ms = (time.perf_counter() - start) * 1e3
@@ -558,7 +559,7 @@ class PolicyServer:
     def _send_frames(self, identity: bytes, frames: list[Any], kind: str) -> None:
         """Never blocks: a client that left (EHOSTUNREACH) or stopped reading (HWM) loses its reply."""
         try:
-            self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+            send_frames(self._sock, [identity, *frames], NOBLOCK)
             self._counters["replies"] += 1
         except zmq.ZMQError as exc:
             self._counters["unroutable"] += 1
