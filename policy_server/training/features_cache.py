@@ -71,9 +71,17 @@ class FeatureSpec(BaseModel):
         flow = f"-{self.tracks}{self.gap}" if self.tracks else ""
         return f"r{self.image_size}{flow}-{self.fingerprint}"
 
-    def model_part(self) -> dict[str, Any]:
-        """What the model config alone decides (the flow method and gap are the user's choice)."""
-        return self.model_dump(exclude={"tracks", "gap", "tracker"}) | {"tracks": self.tracks is not None}
+    def covers(self, want: FeatureSpec) -> bool:
+        """Whether a cache built to this spec holds everything `want` needs: the same images, and every target
+        `want` has (a cache for the full model also serves its ablations, which need fewer targets). The flow
+        method and gap are the user's choice, checked apart."""
+        same = ("version", "cameras", "image_size", "grid")
+        if any(getattr(self, k) != getattr(want, k) for k in same) or (want.depth and not self.depth):
+            return False
+        if want.tracks is not None and self.tracks is None:
+            return False
+        return all(m in self.semantics and self.semantic_grid[m] == want.semantic_grid[m]
+                   and self.semantic_dim[m] == want.semantic_dim[m] for m in want.semantics)
 
 
 def feature_spec(cfg: ModelConfig, flow: FlowMethod = "dis", gap: int | None = None) -> FeatureSpec:
@@ -218,7 +226,7 @@ def _find(dataset: Path, want: FeatureSpec, flow: str | None, gap: int | None, c
         except ValueError:
             nearest = nearest or (folder, spec_json if isinstance(spec_json, dict) else {})
             continue
-        if (have.model_part() != want.model_part() or have.tracker != tracker_settings(have.tracks)
+        if (not have.covers(want) or have.tracker != tracker_settings(have.tracks)
                 or (flow and have.tracks != flow) or (gap and have.gap != gap)):
             nearest = nearest or (folder, have.model_dump(mode="json"))
             continue

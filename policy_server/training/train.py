@@ -169,7 +169,8 @@ def prepare_data(caches: list[CacheLike], cfg: ModelConfig, tokenizer: Tokenizer
     text_ids = [tokenizer(list(c.instructions)).numpy() for c in caches]
     train_eps, val_eps = split_episodes(caches, opts.val_fraction, opts.seed)
     dynamic = opts.decoders and "dynamic" in cfg.dream
-    kw = dict(cfg=cfg, text_ids=text_ids, norm=norm, depth=opts.decoders, tracks=dynamic, future_images=dynamic)
+    depth = opts.decoders and "depth" in cfg.dream
+    kw = dict(cfg=cfg, text_ids=text_ids, norm=norm, depth=depth, tracks=dynamic, future_images=dynamic)
     train = WindowReader(caches, build_index(caches, train_eps, cfg.sequence_length), augment=opts.augment, **kw)
     val_index = build_index(caches, val_eps, cfg.sequence_length)
     if len(val_index) > opts.val_windows:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from policy_server.cli.common import run_subcommand
+from policy_server.model.config import DREAM_ORDER, ModelConfig
 
 if TYPE_CHECKING:
     from policy_server.training.train import EvalHook
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--action-only", action="store_true", help="no knowledge decoders (action loss only)")
+    p.add_argument("--dream", nargs="*", choices=list(DREAM_ORDER), metavar="MODALITY",
+                   help="the <dream> modalities of a fresh --config model (default: the config's), e.g. "
+                        "`--dream dynamic`; `--dream` alone trains the vanilla model: no <dream> queries and no "
+                        "knowledge losses (the ablation of docs/training.md)")
     p.add_argument("--no-augment", action="store_true", help="no random shifts")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
@@ -127,6 +132,12 @@ def resolve_init(args: argparse.Namespace, run: Path) -> Path | None:
     return target
 
 
+def with_dream(cfg: ModelConfig, modalities: list[str]) -> ModelConfig:
+    """`cfg` with only these <dream> modalities, validated as a whole. The name stays (the feature caches are
+    keyed by it); config.json records `dream`."""
+    return ModelConfig.model_validate({**cfg.model_dump(), "dream": tuple(m for m in DREAM_ORDER if m in modalities)})
+
+
 def command(args: argparse.Namespace, evaluate: EvalHook | None = None) -> int:
     """Run `dv-train` from parsed arguments; `evaluate` is the periodic evaluation hook (see train.EvalHook)."""
     from policy_server.model.checkpoint import read_meta
@@ -137,6 +148,9 @@ def command(args: argparse.Namespace, evaluate: EvalHook | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=console, show_path=False)])
     opts = options(args)
+    if args.dream is not None and (args.resume or args.init or args.init_official):
+        raise ValueError("--dream changes the model's queries: it applies to a fresh --config model, not to "
+                         "--resume or --init (they keep their checkpoint's)")
     if args.config is None and args.init is None and args.init_official is None and not args.resume:
         raise ValueError("--config is required unless --init, --init-official or --resume names the model")
     run = args.out or Path("runs") / f"train-{args.config or 'init'}"
@@ -152,6 +166,8 @@ def command(args: argparse.Namespace, evaluate: EvalHook | None = None) -> int:
         cfg = read_meta(init).model
     else:
         cfg = preset(args.config)
+    if args.dream is not None:
+        cfg = with_dream(cfg, args.dream)
     try:
         caches = [FeatureCache.open(d, cfg, flow=args.flow, gap=args.gap) for d in args.data]
     except FeatureCacheError as exc:

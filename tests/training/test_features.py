@@ -283,6 +283,19 @@ def test_other_config_is_refused_with_the_difference(dataset_factory):
         FeatureCache.open(dataset_factory([2], name="other"), TINY)
 
 
+
+def test_the_full_models_cache_serves_its_ablations_but_not_the_reverse(dataset_factory):
+    root = dataset_factory([3])
+    dv_features([str(root), "--config", "tiny"])
+    full = FeatureCache.open(root, TINY)
+    for dream in [(), ("dynamic",), ("depth",)]:
+        assert FeatureCache.open(root, TINY.model_copy(update={"dream": dream})).root == full.root
+    vanilla = dataset_factory([2], name="vanilla")
+    dv_features([str(vanilla), "--config", "tiny"])  # builds the full spec: the config is tiny
+    spec = feature_spec(TINY.model_copy(update={"dream": ()}))
+    assert not spec.covers(feature_spec(TINY)) and feature_spec(TINY).covers(spec)
+
+
 # ------------------------------------------------------------------------------------------- teachers
 
 

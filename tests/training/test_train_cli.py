@@ -50,3 +50,20 @@ def test_refusals_are_one_line(datasets, tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().out
     assert main(["--data", str(datasets[0]), "--out", str(tmp_path / "c")]) == 2
     assert "--config is required" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("dream", "heads"), [([], set()), (["dynamic"], {"dynamic"})])
+def test_the_ablation_variants_train_only_their_dream_queries(datasets, tmp_path, dream, heads):
+    run = tmp_path / "run"
+    assert main(["--data", str(datasets[0]), *COMMON, "--out", str(run), "--steps", "2", "--save-every", "2",
+                 "--dream", *dream]) == 0
+    meta = read_meta(latest_checkpoint(run))
+    assert meta.model.dream == tuple(dream) and meta.model.name == "tiny"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    trained = {k[5:] for r in rows if r["split"] == "train" for k in r if k.startswith("loss/")}
+    assert trained == {"action", "total"} | heads
+
+
+def test_dream_is_refused_on_resume(datasets, tmp_path, capsys):
+    assert main(["--data", str(datasets[0]), "--out", str(tmp_path / "r"), "--resume", "--dream", "dynamic"]) == 2
+    assert "--dream changes the model's queries" in capsys.readouterr().out
