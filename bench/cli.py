@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench import recorder as record_bench
 from bench import robot as robot_bench
-from bench import serve_latency
+from bench import sampler_latency, serve_latency
 from bench import train as train_bench
 from policy_server.cli.common import run_subcommand
 
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
     p.set_defaults(func=_cmd_model)
+
+    p = sub.add_parser("sampler", help="the diffusion sampler alone: diffusers' scheduler loop, planned, CUDA graph")
+    sampler_latency.add_arguments(p)
+    p.set_defaults(func=sampler_latency.command)
 
     p = sub.add_parser("serve", help="wire overhead, transport vs openpi's, throughput with batching on/off")
     serve_latency.add_arguments(p)

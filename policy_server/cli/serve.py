@@ -34,7 +34,8 @@ def _engine_backend(args: argparse.Namespace) -> Backend:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch sees no CUDA device")
-    engine = PolicyEngine.from_checkpoint(args.ckpt, device=device, precision=args.dtype)
+    engine = PolicyEngine.from_checkpoint(args.ckpt, device=device, precision=args.dtype,
+                                          sampler_graphs=False if args.no_sampler_graphs else None)
     logging.getLogger(__name__).info("loaded %s (%s) on %s in %s", args.ckpt, engine.cfg.name, engine.device,
                                      engine.precision)
     return EngineBackend(engine)
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--echo", action="store_true", help="serve an echo policy (no model, no torch)")
     p.add_argument("--echo-delay-ms", type=float, default=0.0, help="with --echo: simulated time per batch")
     p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--no-sampler-graphs", action="store_true",
+                   help="on CUDA, run the diffusion sampler eagerly instead of replaying a CUDA graph")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
