@@ -52,13 +52,15 @@ def _cmd_model(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     result = run_model_bench(preset(args.config), iters=args.iters, warmup=args.warmup, device=args.device,
-                             seed=args.seed)
+                             seed=args.seed, variants=args.variants.split(","),
+                             precisions=args.precisions.split(","))
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
     console.print(f"[b]{result.config}[/b] on {result.device}, {result.threads} threads, {result.iters} timed steps "
                   f"per variant after {result.warmup} warmup, interleaved; random weights (latency does not depend "
-                  f"on weight values); inputs: uint8 480x640x3 per camera + 7-D state; "
+                  f"on weight values); backbone tokens: {result.full_tokens} full window, {result.serving_tokens} "
+                  f"pruned; inputs: uint8 480x640x3 per camera + 7-D state; "
                   f"tokenizer: {result.tokenizer_note}")
     console.print(_timings_table(result))
     console.print(_ratios_table(result))
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", default="recompute,cached,cached-full-seq,cached+decoders,cached+flex",
+                   help="comma list of step variants to time (paper configs on CPU: fewer is faster)")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma list: fp32, bf16")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
     p.set_defaults(func=_cmd_model)
 
