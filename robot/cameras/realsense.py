@@ -24,10 +24,8 @@ the tests exercise this driver without a camera.
 
 from __future__ import annotations
 
-import atexit
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -99,7 +97,6 @@ class RealSenseCamera(Camera):
         self._stop = threading.Event()
         self._connected = False
         self._last_color: tuple[int, float] | None = None
-        atexit.register(_disconnect_at_exit, weakref.ref(self))
 
     @property
     def is_connected(self) -> bool:
@@ -249,15 +246,6 @@ class RealSenseCamera(Camera):
             session.pipeline.stop()
         except RuntimeError:
             pass  # already stopped, or the device is gone: nothing left to release
-
-
-def _disconnect_at_exit(camera: weakref.ref[RealSenseCamera]) -> None:
-    """At interpreter exit (a Ctrl-C in the main thread included), stop the capture thread while it can still run:
-    left to finalisation, the pipeline was once torn down under a daemon thread frozen inside librealsense, and the
-    process hung instead of exiting (a full test-suite run, 1 in 3)."""
-    cam = camera()
-    if cam is not None and cam.is_connected:
-        cam.disconnect(timeout_s=1.0)
 
 
 def _read_intrinsics(session: _Session) -> FactoryIntrinsics:
