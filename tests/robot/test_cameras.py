@@ -243,7 +243,11 @@ def test_disconnect_is_prompt_and_a_streaming_process_dies_on_ctrl_c(recording: 
     camera.disconnect()
     assert time.monotonic() - t0 < 0.5 and not camera.is_connected
 
+    # SIGINT as a terminal delivers it: a suite started as a background job of a non-interactive shell has SIGINT
+    # ignored, a child inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler at all.
     script = textwrap.dedent(f"""
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import sys
         from pathlib import Path
         from robot.cameras.realsense import RealSenseCamera, RealSenseConfig
